@@ -1,0 +1,85 @@
+//! What a run did, for callers that log or assert on it.
+
+use std::net::IpAddr;
+
+use crate::error::InitError;
+use crate::link::Link;
+
+/// Whether a step changed kernel state or found it already in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Made,
+    Present,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Link, addresses and routes are in place (IPv6 possibly skipped).
+    Initialized(Setup),
+    /// `--remove` deleted this link, and with it its addresses and routes.
+    Removed(Link),
+    /// `--remove` found no link with that name.
+    AlreadyAbsent { link: String },
+}
+
+#[derive(Debug)]
+pub struct Setup {
+    /// The link as found or created, now up.
+    pub link: Link,
+    pub link_created: Change,
+    pub link_up: Change,
+    pub ipv4: FamilySetup,
+    pub ipv6: Ipv6Setup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilySetup {
+    pub address: IpAddr,
+    pub address_change: Change,
+    pub route_change: Change,
+}
+
+/// IPv6 is best effort: nodes and namespaces with IPv6 disabled still get the
+/// IPv4 endpoint.
+#[derive(Debug)]
+pub enum Ipv6Setup {
+    Configured(FamilySetup),
+    /// The error that stopped IPv6 setup; it was logged as a warning.
+    Skipped(InitError),
+}
+
+impl Outcome {
+    /// The error that made init skip IPv6, if it did.
+    pub fn ipv6_skipped(&self) -> Option<&InitError> {
+        match self {
+            Self::Initialized(Setup {
+                ipv6: Ipv6Setup::Skipped(e),
+                ..
+            }) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether this run changed anything in the kernel.
+    pub fn changed(&self) -> bool {
+        match self {
+            Self::Initialized(s) => {
+                let v6 = match &s.ipv6 {
+                    Ipv6Setup::Configured(f) => [f.address_change, f.route_change],
+                    Ipv6Setup::Skipped(_) => [Change::Present; 2],
+                };
+                [
+                    s.link_created,
+                    s.link_up,
+                    s.ipv4.address_change,
+                    s.ipv4.route_change,
+                ]
+                .into_iter()
+                .chain(v6)
+                .any(|c| c == Change::Made)
+            }
+            Self::Removed(_) => true,
+            Self::AlreadyAbsent { .. } => false,
+        }
+    }
+}

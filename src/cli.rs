@@ -1,0 +1,285 @@
+//! Command line: the upstream agent's subcommands and flags (same names and
+//! defaults), plus the options this agent adds. Parsing only; `main.rs`
+//! dispatches, and tests build configurations with `Cli::try_parse_from`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+/// Exit code for command line errors (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eks-pod-identity-agent",
+    version,
+    about = "Node-local credential agent for EKS Pod Identity"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once at start; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve pod credentials on the link-local agent addresses.
+    Server(ServerArgs),
+    /// Create the pod-id-link0 link, its addresses and routes (privileged).
+    Initialize(InitializeArgs),
+    /// Run issuer, EKS Auth emulator and agent on 127.0.0.1, no AWS account needed.
+    Demo(DemoArgs),
+    /// Mint a projected-ServiceAccount-like token from a demo/emulator signing key.
+    MintToken(MintTokenArgs),
+    /// Run the EKS Auth emulator and token issuer alone (tests, benchmarks).
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitializeArgs {
+    #[command(flatten)]
+    pub init: pod_identity_init::InitArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log level: trace, debug, info, warn or error.
+    #[arg(short = 'v', long = "verbosity", default_value = "info", global = true)]
+    pub verbosity: String,
+    /// Log format. JSON lines like upstream by default.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheScope {
+    /// One credential per pod (per token when tokens are not verified).
+    Pod,
+    /// One credential shared by all pods of a ServiceAccount (verified tokens
+    /// only). WARNING: EKS session tags kubernetes-pod-name and
+    /// kubernetes-pod-uid then describe the first pod, not the caller.
+    ServiceAccount,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Name of the EKS cluster (sent to EKS Auth).
+    #[arg(short = 'c', long)]
+    pub cluster_name: String,
+    /// Port the credential endpoint listens on, on every bind host.
+    #[arg(short = 'p', long, default_value_t = 80)]
+    pub port: u16,
+    /// Port of the /healthz and /readyz probe server on localhost.
+    #[arg(long, default_value_t = 2703)]
+    pub probe_port: u16,
+    /// Address the metrics server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub metrics_address: IpAddr,
+    /// Port of the Prometheus /metrics server (also answers /healthz, /readyz).
+    #[arg(long, default_value_t = 2705)]
+    pub metrics_port: u16,
+    /// Longest time a cached credential is served before it is renewed; 0 disables the cache.
+    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    pub max_credential_retention_before_renewal: Duration,
+    /// Maximum number of cached credentials; 0 disables the cache.
+    #[arg(long, default_value_t = 2000)]
+    pub max_cache_size: u64,
+    /// Background refreshes per second sent to EKS Auth.
+    #[arg(long, default_value_t = 3.0)]
+    pub max_service_qps: f64,
+    /// Hosts to listen on (IPv6 in brackets). Repeatable or comma-separated.
+    #[arg(short = 'b', long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("[fd00:ec2::23]")])]
+    pub bind_hosts: Vec<String>,
+    /// Hybrid nodes: take the agent's own AWS credentials from the shared
+    /// credentials file ([default] profile), re-read every minute.
+    #[arg(long)]
+    pub rotate_credentials: bool,
+    /// With --rotate-credentials: how often the shared credentials file is re-read.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub credentials_reload_interval: Duration,
+    /// EKS Auth endpoint URL override (AWS_ENDPOINT_URL_EKS_AUTH also works).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// AWS region for EKS Auth (default: the SDK chain, env then IMDS).
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Host header values accepted on the credential endpoint (port and [] stripped).
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("fd00:ec2::23")])]
+    pub allowed_hosts: Vec<String>,
+    /// Audience the pod token must carry.
+    #[arg(long, default_value = "pods.eks.amazonaws.com")]
+    pub audience: String,
+
+    /// Connect timeout for EKS Auth calls.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub eks_auth_connect_timeout: Duration,
+    /// Timeout of one EKS Auth HTTP attempt.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub eks_auth_request_timeout: Duration,
+    /// Attempts per EKS Auth call (SDK standard retry); 1 disables retries.
+    #[arg(long, default_value_t = 3)]
+    pub eks_auth_max_attempts: u32,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+
+    /// Who shares a cached credential. See the README before choosing service-account.
+    #[arg(long, value_enum, default_value_t = CacheScope::Pod)]
+    pub cache_scope: CacheScope,
+    /// How long an irrecoverable EKS Auth answer (no association, access
+    /// denied, bad token) is replayed for the same token; 0 disables.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub negative_cache_ttl: Duration,
+
+    /// Requests per second accepted on the credential endpoint, all clients together; 0 disables.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate_limit: f64,
+    /// Burst above --rate-limit.
+    #[arg(long, default_value_t = 500)]
+    pub rate_limit_burst: u32,
+    /// Requests per second accepted from one client IP; 0 disables.
+    #[arg(long, default_value_t = 100.0)]
+    pub per_client_rate_limit: f64,
+    /// Burst above --per-client-rate-limit.
+    #[arg(long, default_value_t = 100)]
+    pub per_client_rate_limit_burst: u32,
+
+    /// Open connections accepted at once on the credential endpoint; more are closed at once.
+    #[arg(long, default_value_t = 8192)]
+    pub max_connections: usize,
+    /// Time a client has to send complete request headers; also how long an
+    /// idle keep-alive connection is kept.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 beyond).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Longest wait for in-flight requests after SIGTERM/SIGINT (keep it
+    /// below the pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long an IPv6 bind host that is not (yet) assigned is retried
+    /// (duplicate address detection) before it is skipped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ipv6_bind_wait: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Local token verification (JWKS). Default `none`: upstream behaviour,
+/// only byte-equal tokens share a cached credential.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Where signing keys come from: `none`, `apiserver` (in-cluster
+    /// /openid/v1/jwks), an issuer URL (OIDC discovery), or `file:<path>`.
+    #[arg(long, default_value = "none")]
+    pub jwks_source: String,
+    /// Expected `iss` claim (default: the issuer URL when the source is one; unchecked otherwise).
+    #[arg(long)]
+    pub token_issuer: Option<String>,
+    /// Extra CA bundle (PEM) trusted for HTTPS key sources.
+    #[arg(long)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Last-known-good JWKS is written here and loaded at start if the source is unreachable.
+    #[arg(long)]
+    pub jwks_cache_path: Option<PathBuf>,
+    /// Minimum time between two JWKS refetches caused by unknown key ids.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub jwks_refetch_interval: Duration,
+    /// Periodic JWKS refresh (key rotation without unknown kids).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh_interval: Duration,
+    /// Clock skew tolerated on exp/nbf.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub token_leeway: Duration,
+    /// Kubernetes API URL for `--jwks-source apiserver` (default:
+    /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
+    #[arg(long)]
+    pub kube_api_url: Option<String>,
+    /// Mounted ServiceAccount (token, ca.crt) used for `--jwks-source apiserver`.
+    #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
+    pub service_account_dir: PathBuf,
+    /// Verified tokens remembered so they are not verified again.
+    #[arg(long, default_value_t = 20_000)]
+    pub verified_token_cache_size: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Port for the agent (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Keep running until Ctrl-C (default). With --once, print and exit after a self-check.
+    #[arg(long)]
+    pub once: bool,
+    /// Directory for the demo token file (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MintTokenArgs {
+    /// PEM (PKCS#8) RSA private key of the issuer (as written by `emulator --key-file`).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    #[arg(long, default_value = "https://oidc.eks.local.example/id/DEMO")]
+    pub issuer: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long, default_value = "demo-sa")]
+    pub service_account: String,
+    #[arg(long, default_value = "demo-pod")]
+    pub pod: String,
+    /// Pod UID (random when omitted).
+    #[arg(long)]
+    pub pod_uid: Option<String>,
+    #[arg(long, default_value = "pods.eks.amazonaws.com")]
+    pub audience: String,
+    /// Token lifetime.
+    #[arg(long, default_value = "22h", value_parser = parse_duration)]
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Issuer signing key (PKCS#8 PEM); generated and written here if missing.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Issuer URL put in tokens (default: the emulator's own http URL).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Association `namespace/serviceaccount=roleArn`; repeatable.
+    #[arg(long = "association")]
+    pub associations: Vec<String>,
+    /// Lifetime of issued credentials.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub credential_lifetime: Duration,
+    /// Added latency on every AssumeRoleForPodIdentity call.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub latency: Duration,
+    /// Write `listen=<url>` and the token of a sample pod here once ready.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}

@@ -1,0 +1,222 @@
+//! The agent's one upstream: EKS Auth `AssumeRoleForPodIdentity`.
+//!
+//! Wire (rest-json, SigV4 service `eks-auth`):
+//! `POST /clusters/{clusterName}/assume-role-for-pod-identity` `{"token":"<jwt>"}` →
+//! `{"subject":{"namespace","serviceAccount"},"audience",
+//!   "podIdentityAssociation":{"associationArn","associationId"},
+//!   "assumedRoleUser":{"arn","assumeRoleId"},
+//!   "credentials":{"sessionToken","secretAccessKey","accessKeyId","expiration":<epoch s>}}`.
+//! Errors: `{"__type":"<Code>","message":".."}` with 400 (AccessDenied,
+//! ExpiredToken, InvalidParameter, InvalidRequest, InvalidToken), 404
+//! (ResourceNotFound), 429 (Throttling), 500 (InternalServer), 503
+//! (ServiceUnavailable).
+//!
+//! Client: aws-config default chain (env, profile, IMDS), timeouts connect
+//! 500 ms / attempt 1 s (upstream's), SDK standard retries, proxy from
+//! `HTTP(S)_PROXY`/`NO_PROXY` (behavior version ≥ 2025-08-07), endpoint from
+//! `--endpoint` or `AWS_ENDPOINT_URL_EKS_AUTH`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_eksauth::error::{DisplayErrorContext, SdkError};
+use aws_sdk_eksauth::operation::RequestId;
+use aws_sdk_eksauth::operation::assume_role_for_pod_identity::{
+    AssumeRoleForPodIdentityError, AssumeRoleForPodIdentityOutput,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+use crate::credentials::{Credentials, Secret, account_from_arn};
+use crate::metrics::Metrics;
+
+type Sdk = SdkError<AssumeRoleForPodIdentityError, HttpResponse>;
+
+#[derive(Clone)]
+pub struct EksAuthConfig {
+    pub cluster_name: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    /// Overrides the default credential chain (hybrid rotation, demo, tests).
+    pub credentials: Option<SharedCredentialsProvider>,
+}
+
+/// What EKS Auth answered, minus what the pod must not see in logs.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub credentials: Credentials,
+    pub association_id: Option<String>,
+    pub assumed_role_arn: String,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Server,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::Client => "client",
+            Fault::Server => "server",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EksAuthError {
+    /// EKS Auth answered with an error; its HTTP status is passed to the pod.
+    #[error("[{request_id}]: ({code}): {message}, fault: {fault}")]
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+        request_id: String,
+        fault: Fault,
+    },
+    #[error("calling EKS Auth timed out: {}", DisplayErrorContext(.0.as_ref()))]
+    Timeout(Box<Sdk>),
+    #[error("calling EKS Auth failed: {}", DisplayErrorContext(.0.as_ref()))]
+    Transport(Box<Sdk>),
+    #[error("EKS Auth response is missing {0}")]
+    Incomplete(&'static str),
+}
+
+impl EksAuthError {
+    /// The error code for metrics and logs.
+    pub fn code(&self) -> &str {
+        match self {
+            EksAuthError::Service { code, .. } => code,
+            EksAuthError::Timeout(_) => "Timeout",
+            EksAuthError::Transport(_) => "Transport",
+            EksAuthError::Incomplete(_) => "IncompleteResponse",
+        }
+    }
+
+    /// Answers that will not change by asking again with the same token:
+    /// the cache evicts the pod's credential and remembers the answer for a
+    /// while. Upstream's list, plus the two validation errors, which are just
+    /// as deterministic.
+    pub fn is_irrecoverable(&self) -> bool {
+        matches!(self, EksAuthError::Service { code, .. } if matches!(code.as_str(),
+            "AccessDeniedException" | "ExpiredTokenException" | "InvalidTokenException"
+            | "ResourceNotFoundException" | "InvalidParameterException" | "InvalidRequestException"))
+    }
+}
+
+#[derive(Clone)]
+pub struct EksAuth {
+    client: aws_sdk_eksauth::Client,
+    cluster_name: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+impl EksAuth {
+    pub async fn new(config: EksAuthConfig, metrics: Arc<Metrics>) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(config.request_timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)));
+        if let Some(region) = config.region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        if let Some(endpoint) = config.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(credentials) = config.credentials {
+            loader = loader.credentials_provider(credentials);
+        }
+        let sdk = loader.load().await;
+        Self {
+            client: aws_sdk_eksauth::Client::new(&sdk),
+            cluster_name: config.cluster_name.into(),
+            metrics,
+        }
+    }
+
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    pub async fn assume(&self, token: &str) -> Result<Issued, EksAuthError> {
+        let started = Instant::now();
+        let result = self
+            .client
+            .assume_role_for_pod_identity()
+            .cluster_name(self.cluster_name.as_ref())
+            .token(token)
+            .send()
+            .await;
+        let result = match result {
+            Ok(out) => issued(out),
+            Err(err) => Err(classify(err)),
+        };
+        let code = match &result {
+            Ok(_) => "OK",
+            Err(e) => e.code(),
+        };
+        self.metrics.eksauth_call(code, started.elapsed());
+        result
+    }
+}
+
+fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
+    let request_id = out.request_id().map(str::to_owned);
+    let user = out
+        .assumed_role_user()
+        .ok_or(EksAuthError::Incomplete("assumedRoleUser"))?;
+    let creds = out
+        .credentials()
+        .ok_or(EksAuthError::Incomplete("credentials"))?;
+    if creds.access_key_id().is_empty() || creds.secret_access_key().is_empty() {
+        return Err(EksAuthError::Incomplete("credentials.accessKeyId"));
+    }
+    Ok(Issued {
+        credentials: Credentials {
+            access_key_id: creds.access_key_id().to_owned(),
+            secret_access_key: Secret::new(creds.secret_access_key()),
+            session_token: Secret::new(creds.session_token()),
+            account_id: account_from_arn(user.arn()).unwrap_or_default().to_owned(),
+            expiration: *creds.expiration(),
+        },
+        association_id: out
+            .pod_identity_association()
+            .map(|a| a.association_id().to_owned()),
+        assumed_role_arn: user.arn().to_owned(),
+        request_id,
+    })
+}
+
+fn classify(err: Sdk) -> EksAuthError {
+    match &err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let meta = service.err().meta();
+            EksAuthError::Service {
+                status,
+                code: meta.code().unwrap_or("UnknownError").to_owned(),
+                message: meta.message().unwrap_or_default().to_owned(),
+                request_id: err.request_id().unwrap_or_default().to_owned(),
+                fault: if status >= 500 {
+                    Fault::Server
+                } else {
+                    Fault::Client
+                },
+            }
+        }
+        SdkError::TimeoutError(_) => EksAuthError::Timeout(Box::new(err)),
+        SdkError::DispatchFailure(d) if d.is_timeout() => EksAuthError::Timeout(Box::new(err)),
+        _ => EksAuthError::Transport(Box::new(err)),
+    }
+}

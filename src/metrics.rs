@@ -1,0 +1,213 @@
+//! Prometheus metrics, one registry per agent instance (tests run several
+//! agents in one process). Upstream names are kept: `pod_identity_http_response{code}`,
+//! `pod_identity_cache_state{state}`, `pod_identity_cache_errors{type,code}`.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_response: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub cache_state: IntCounterVec,
+    pub cache_errors: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub coalesced_waits: IntCounter,
+    pub refreshes: IntCounterVec,
+    pub negative_hits: IntCounter,
+    pub stale_served: IntCounter,
+    pub eksauth_calls: IntCounterVec,
+    pub eksauth_duration: HistogramVec,
+    pub token_verifications: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGauge,
+    pub rate_limited: IntCounterVec,
+    pub open_connections: IntGauge,
+    pub rejected_connections: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique within the registry");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique within the registry");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique within the registry");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric names are unique within the registry");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "pod_identity_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric names are unique within the registry");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Self {
+            http_response: counter_vec(
+                &r,
+                "pod_identity_http_response",
+                "Responses of the credential endpoint by status code.",
+                &["code"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "pod_identity_request_duration_seconds",
+                "Credential request latency by outcome (hit, miss, coalesced, stale, negative, error).",
+                &["outcome"],
+            ),
+            in_flight: gauge(
+                &r,
+                "pod_identity_requests_in_flight",
+                "Credential requests being served.",
+            ),
+            cache_state: counter_vec(
+                &r,
+                "pod_identity_cache_state",
+                "Cache lookups: hit, miss; evicted entries; refreshed (upstream counts successful refreshes as hit).",
+                &["state"],
+            ),
+            cache_errors: counter_vec(
+                &r,
+                "pod_identity_cache_errors",
+                "EKS Auth errors seen by the cache, by type (Recoverable, NonRecoverable) and code.",
+                &["type", "code"],
+            ),
+            cache_entries: gauge(
+                &r,
+                "pod_identity_cache_entries",
+                "Credentials held in the cache.",
+            ),
+            coalesced_waits: counter(
+                &r,
+                "pod_identity_cache_coalesced_waits_total",
+                "Requests that waited for another request's EKS Auth call instead of making one.",
+            ),
+            refreshes: counter_vec(
+                &r,
+                "pod_identity_cache_refreshes_total",
+                "Background refreshes by result (ok, recoverable_error, irrecoverable_error, skipped).",
+                &["result"],
+            ),
+            negative_hits: counter(
+                &r,
+                "pod_identity_cache_negative_hits_total",
+                "Requests answered from the negative cache (an irrecoverable answer replayed).",
+            ),
+            stale_served: counter(
+                &r,
+                "pod_identity_cache_stale_served_total",
+                "Requests served a still-valid credential because EKS Auth failed recoverably.",
+            ),
+            eksauth_calls: counter_vec(
+                &r,
+                "pod_identity_eksauth_calls_total",
+                "AssumeRoleForPodIdentity calls by result code (OK or the error code).",
+                &["code"],
+            ),
+            eksauth_duration: histogram_vec(
+                &r,
+                "pod_identity_eksauth_duration_seconds",
+                "AssumeRoleForPodIdentity call latency, retries included, by result (ok, error).",
+                &["result"],
+            ),
+            token_verifications: counter_vec(
+                &r,
+                "pod_identity_token_verifications_total",
+                "Local token checks by outcome (verified, cached, or the rejection reason).",
+                &["outcome"],
+            ),
+            jwks_fetches: counter_vec(
+                &r,
+                "pod_identity_jwks_fetches_total",
+                "JWKS loads by source and result.",
+                &["source", "result"],
+            ),
+            jwks_keys: gauge(
+                &r,
+                "pod_identity_jwks_keys",
+                "Signing keys currently loaded.",
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "pod_identity_rate_limited_total",
+                "Requests refused with 429, by limit (global, client).",
+                &["limit"],
+            ),
+            open_connections: gauge(
+                &r,
+                "pod_identity_open_connections",
+                "Open connections on the credential endpoint.",
+            ),
+            rejected_connections: counter(
+                &r,
+                "pod_identity_rejected_connections_total",
+                "Connections closed at once because --max-connections were open.",
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn eksauth_call(&self, code: &str, took: Duration) {
+        self.eksauth_calls.with_label_values(&[code]).inc();
+        let result = if code == "OK" { "ok" } else { "error" };
+        self.eksauth_duration
+            .with_label_values(&[result])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

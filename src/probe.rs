@@ -1,0 +1,119 @@
+//! Health and readiness, on `localhost:<probe-port>` and on the metrics
+//! server (which also serves `/metrics`).
+//!
+//! Upstream semantics: `GET http://<bind address>/` on every credential
+//! listener must answer 404 within one shared 10 s deadline → 200; deadline
+//! → 408; anything else → 500 `Internal Server Error occurred`. Readiness
+//! additionally waits for signing keys when a key source is configured.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{Empty, Full};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::jwks::KeyStore;
+use crate::metrics::Metrics;
+use crate::serve::{Handler, HttpResponse};
+use crate::server::text_response;
+
+const PROBE_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Probes {
+    targets: RwLock<Vec<SocketAddr>>,
+    keys: Option<Arc<KeyStore>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Probes {
+    pub fn new(targets: Vec<SocketAddr>, keys: Option<Arc<KeyStore>>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(PROBE_DEADLINE));
+        Self {
+            targets: RwLock::new(targets),
+            keys,
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(connector),
+        }
+    }
+
+    pub fn add_target(&self, addr: SocketAddr) {
+        self.targets.write().expect("targets lock").push(addr);
+    }
+
+    /// Every credential listener answers 404 on `/`.
+    pub async fn healthy(&self) -> StatusCode {
+        let targets = self.targets.read().expect("targets lock").clone();
+        let checks = targets.into_iter().map(|addr| {
+            let client = self.client.clone();
+            async move {
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(Empty::new())
+                    .expect("request from a socket address is valid");
+                matches!(client.request(req).await, Ok(r) if r.status() == StatusCode::NOT_FOUND)
+            }
+        });
+        match tokio::time::timeout(PROBE_DEADLINE, futures::future::join_all(checks)).await {
+            Err(_) => StatusCode::REQUEST_TIMEOUT,
+            Ok(results) if results.iter().all(|ok| *ok) => StatusCode::OK,
+            Ok(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub async fn ready(&self) -> StatusCode {
+        if self.keys.as_ref().is_some_and(|k| !k.loaded()) {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        self.healthy().await
+    }
+}
+
+/// Router of the probe and metrics servers.
+pub struct Admin {
+    probes: Arc<Probes>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Admin {
+    pub fn new(probes: Arc<Probes>, metrics: Option<Arc<Metrics>>) -> Self {
+        Self { probes, metrics }
+    }
+}
+
+fn probe_response(status: StatusCode) -> HttpResponse {
+    let body = match status {
+        StatusCode::OK => "ok\n",
+        StatusCode::REQUEST_TIMEOUT => "Request Timeout\n",
+        StatusCode::SERVICE_UNAVAILABLE => "signing keys not loaded yet\n",
+        _ => "Internal Server Error occurred\n",
+    };
+    text_response(status, body)
+}
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
+        match req.uri().path() {
+            "/healthz" => probe_response(self.probes.healthy().await),
+            "/readyz" => probe_response(self.probes.ready().await),
+            "/metrics" if self.metrics.is_some() => {
+                let body = self.metrics.as_ref().expect("checked above").render();
+                let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Request admission on the credential endpoint: upstream's global token
+//! bucket (1000/s, burst 500 → 429 `Too Many Requests`) plus one bucket per
+//! client IP, checked first, so a pod in a retry loop (botocore retries every
+//! non-200 three times) spends its own budget, not its neighbours'.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn enabled(&self) -> bool {
+        self.per_second > 0.0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst.max(1) as f64,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst.max(1) as f64);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Global,
+    Client,
+}
+
+const SHARDS: usize = 16;
+/// Per-shard size at which idle (refilled) client buckets are dropped.
+const PRUNE_AT: usize = 4096;
+
+pub struct RateLimiter {
+    global_rate: Rate,
+    client_rate: Rate,
+    global: Mutex<Bucket>,
+    clients: [Mutex<HashMap<IpAddr, Bucket>>; SHARDS],
+}
+
+impl RateLimiter {
+    pub fn new(global: Rate, client: Rate) -> Self {
+        let now = Instant::now();
+        Self {
+            global_rate: global,
+            client_rate: client,
+            global: Mutex::new(Bucket::full(global, now)),
+            clients: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
+        let now = Instant::now();
+        if self.client_rate.enabled() {
+            let shard = &self.clients[shard_of(&client)];
+            let mut map = shard.lock().expect("rate limiter lock poisoned");
+            if map.len() >= PRUNE_AT {
+                let rate = self.client_rate;
+                map.retain(|_, b| {
+                    let mut probe = *b;
+                    probe.take(rate, now);
+                    probe.tokens + 1.0 < rate.burst.max(1) as f64
+                });
+            }
+            let bucket = map
+                .entry(client)
+                .or_insert_with(|| Bucket::full(self.client_rate, now));
+            if !bucket.take(self.client_rate, now) {
+                return Err(Limited::Client);
+            }
+        }
+        if self.global_rate.enabled()
+            && !self
+                .global
+                .lock()
+                .expect("rate limiter lock poisoned")
+                .take(self.global_rate, now)
+        {
+            return Err(Limited::Global);
+        }
+        Ok(())
+    }
+}
+
+fn shard_of(ip: &IpAddr) -> usize {
+    let last = match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    last as usize % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_budget_does_not_spend_the_neighbours() {
+        let rl = RateLimiter::new(
+            Rate {
+                per_second: 0.001,
+                burst: 10,
+            },
+            Rate {
+                per_second: 0.001,
+                burst: 3,
+            },
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(rl.check(a), Ok(()));
+        }
+        assert_eq!(rl.check(a), Err(Limited::Client));
+        assert_eq!(rl.check(a), Err(Limited::Client));
+        assert_eq!(
+            rl.check(b),
+            Ok(()),
+            "refused requests of a spend no global tokens"
+        );
+    }
+
+    #[test]
+    fn disabled_limits_admit_everything() {
+        let off = Rate {
+            per_second: 0.0,
+            burst: 0,
+        };
+        let rl = RateLimiter::new(off, off);
+        for _ in 0..10_000 {
+            assert_eq!(rl.check("10.0.0.1".parse().unwrap()), Ok(()));
+        }
+    }
+}

