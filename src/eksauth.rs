@@ -173,14 +173,17 @@ impl EksAuth {
 
 fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
     let request_id = out.request_id().map(str::to_owned);
+    // The SDK fills missing required members with defaults (smithy error
+    // correction), so absence shows up as empty strings.
     let user = out
         .assumed_role_user()
+        .filter(|u| !u.arn().is_empty())
         .ok_or(EksAuthError::Incomplete("assumedRoleUser"))?;
     let creds = out
         .credentials()
         .ok_or(EksAuthError::Incomplete("credentials"))?;
     if creds.access_key_id().is_empty() || creds.secret_access_key().is_empty() {
-        return Err(EksAuthError::Incomplete("credentials.accessKeyId"));
+        return Err(EksAuthError::Incomplete("credentials"));
     }
     Ok(Issued {
         credentials: Credentials {

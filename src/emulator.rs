@@ -90,6 +90,9 @@ pub struct Faults {
     /// `ServiceUnavailableException`); wins over `error_rate`.
     pub force_error: Option<String>,
     pub error_code: Option<String>,
+    /// Leave this top-level field out of successful answers
+    /// (`credentials`, `assumedRoleUser`): malformed-response tests.
+    pub omit_field: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -390,7 +393,7 @@ impl Emulator {
         let session = format!("eks-{cluster_name}-{pod}-{}", uuid());
         let session: String = session.chars().take(64).collect();
         self.successes.fetch_add(1, Ordering::SeqCst);
-        Ok(json!({
+        let mut answer = json!({
             "subject": {"namespace": identity.namespace, "serviceAccount": identity.service_account},
             "audience": "pods.eks.amazonaws.com",
             "podIdentityAssociation": {
@@ -407,7 +410,11 @@ impl Emulator {
                 "accessKeyId": format!("ASIA{}", random_upper(16)),
                 "expiration": now + lifetime.as_secs() as i64,
             },
-        }))
+        });
+        if let (Some(field), Some(obj)) = (&faults.omit_field, answer.as_object_mut()) {
+            obj.remove(field);
+        }
+        Ok(answer)
     }
 
     /// Returns the access key id of a correctly shaped (and, for registered

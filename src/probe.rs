@@ -28,6 +28,7 @@ use crate::server::text_response;
 const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Probes {
+    deadline: Duration,
     targets: RwLock<Vec<SocketAddr>>,
     keys: Option<Arc<KeyStore>>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -35,9 +36,18 @@ pub struct Probes {
 
 impl Probes {
     pub fn new(targets: Vec<SocketAddr>, keys: Option<Arc<KeyStore>>) -> Self {
+        Self::with_deadline(targets, keys, PROBE_DEADLINE)
+    }
+
+    pub fn with_deadline(
+        targets: Vec<SocketAddr>,
+        keys: Option<Arc<KeyStore>>,
+        deadline: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(PROBE_DEADLINE));
+        connector.set_connect_timeout(Some(deadline));
         Self {
+            deadline,
             targets: RwLock::new(targets),
             keys,
             client: Client::builder(TokioExecutor::new())
@@ -62,7 +72,7 @@ impl Probes {
                 matches!(client.request(req).await, Ok(r) if r.status() == StatusCode::NOT_FOUND)
             }
         });
-        match tokio::time::timeout(PROBE_DEADLINE, futures::future::join_all(checks)).await {
+        match tokio::time::timeout(self.deadline, futures::future::join_all(checks)).await {
             Err(_) => StatusCode::REQUEST_TIMEOUT,
             Ok(results) if results.iter().all(|ok| *ok) => StatusCode::OK,
             Ok(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,271 @@
+//! Shared test support: a real issuer + EKS Auth emulator + agent on
+//! 127.0.0.1:0, and a raw HTTP/1.1 client that sends exactly the headers a
+//! test asks for (no implicit Host).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use clap::Parser;
+use pod_identity_agent::cli::{Cli, Command, ServerArgs};
+use pod_identity_agent::clock::SharedClock;
+use pod_identity_agent::emulator::{Association, Emulator, RunningEmulator};
+use pod_identity_agent::issuer::{Issuer, TokenSpec};
+use pod_identity_agent::server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const CLUSTER: &str = "test-cluster";
+pub const NODE_AKID: &str = "AKIDTESTNODEFAKE0001";
+pub const NODE_SECRET: &str = "test-node-secret";
+pub const ROLE: &str = "arn:aws:iam::111122223333:role/test-role";
+
+/// True when tests must not skip (CI).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Skips (returns true) outside CI; fails under CI.
+pub fn skip(why: &str) -> bool {
+    assert!(!in_ci(), "cannot skip under CI=true: {why}");
+    eprintln!("SKIPPED: {why}");
+    true
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub struct World {
+    pub issuer: Arc<Issuer>,
+    pub emulator: Arc<Emulator>,
+    pub emu: RunningEmulator,
+}
+
+impl World {
+    /// Issuer + emulator with associations default/app and ns2/app2.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = Arc::new(Issuer::generate(url).unwrap());
+        let emulator = Arc::new(Emulator::new(issuer.clone()).with_cluster(CLUSTER));
+        emulator.associate(Association::new("default", "app", ROLE));
+        emulator.associate(Association::new("ns2", "app2", ROLE));
+        emulator.add_node_credentials(NODE_AKID, NODE_SECRET);
+        let emu = RunningEmulator::start(emulator.clone(), listener);
+        Self {
+            issuer,
+            emulator,
+            emu,
+        }
+    }
+
+    pub fn token(&self, ns: &str, sa: &str, pod: &str) -> String {
+        self.issuer.mint(&TokenSpec::pod(ns, sa, pod)).unwrap()
+    }
+
+    pub fn spec_token(&self, spec: &TokenSpec) -> String {
+        self.issuer.mint(spec).unwrap()
+    }
+
+    pub fn url(&self) -> String {
+        self.emu.url()
+    }
+
+    /// The `server` flags a test agent starts with, before `extra`.
+    pub fn agent_args(&self, extra: &[&str]) -> ServerArgs {
+        let url = self.url();
+        let mut argv: Vec<String> = [
+            "eks-pod-identity-agent",
+            "server",
+            "--cluster-name",
+            CLUSTER,
+            "--bind-hosts",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--probe-port",
+            "0",
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--allowed-hosts",
+            "127.0.0.1,169.254.170.23,fd00:ec2::23",
+            "--endpoint",
+            &url,
+            "--region",
+            "us-west-2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let Command::Server(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        args
+    }
+
+    pub async fn agent(&self, extra: &[&str]) -> Agent {
+        self.agent_with(self.agent_args(extra), None).await
+    }
+
+    pub async fn agent_with(&self, args: ServerArgs, clock: Option<SharedClock>) -> Agent {
+        let mut opts = server::Options::new(args.clone());
+        if let Some(c) = clock {
+            opts.clock = c;
+        }
+        opts.credentials = Some(SharedCredentialsProvider::new(Credentials::new(
+            NODE_AKID,
+            NODE_SECRET,
+            None,
+            None,
+            "test",
+        )));
+        opts.env = |_| None;
+        Agent::start(opts).await
+    }
+}
+
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub probe: SocketAddr,
+    pub metrics: SocketAddr,
+    pub cache: pod_identity_agent::cache::CredentialCache,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Agent {
+    pub async fn start(opts: server::Options) -> Self {
+        let args = opts.args.clone();
+        let built = server::build(opts).await.unwrap();
+        let cache = built.cache.clone();
+        let listeners = server::bind(&args).await.unwrap();
+        let addr = listeners.credential_addrs()[0];
+        let probe = listeners.probe_addr();
+        let metrics = listeners.metrics_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server::run(built, listeners, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            probe,
+            metrics,
+            cache,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the drain; returns whether it finished within the grace period.
+    pub async fn stop(mut self) -> bool {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    pub async fn creds(&self, token: &str) -> Resp {
+        get(self.addr, "/v1/credentials", Some("169.254.170.23"), Some(token)).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET path` with exactly the given Host and Authorization headers.
+pub async fn get(addr: SocketAddr, path: &str, host: Option<&str>, token: Option<&str>) -> Resp {
+    request(addr, "GET", path, host, token).await
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if let Some(h) = host {
+        head.push_str(&format!("Host: {h}\r\n"));
+    }
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: {t}\r\n"));
+    }
+    head.push_str("Accept: application/json\r\nConnection: close\r\n\r\n");
+    raw(addr, head.as_bytes()).await
+}
+
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 30 s")
+        .unwrap();
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Polls `f` until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_eks-pod-identity-agent")
+}
