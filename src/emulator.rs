@@ -100,6 +100,8 @@ pub struct Stats {
     pub calls: u64,
     pub successes: u64,
     pub access_key_ids: Vec<String>,
+    /// GETs of the JWKS and discovery documents.
+    pub key_requests: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +128,7 @@ pub struct Emulator {
     base_url: RwLock<String>,
     calls: AtomicU64,
     successes: AtomicU64,
+    key_requests: AtomicU64,
     access_key_ids: Mutex<Vec<String>>,
 }
 
@@ -194,6 +197,7 @@ impl Emulator {
             base_url: RwLock::new(String::new()),
             calls: AtomicU64::new(0),
             successes: AtomicU64::new(0),
+            key_requests: AtomicU64::new(0),
             access_key_ids: Mutex::new(Vec::new()),
         }
     }
@@ -248,6 +252,7 @@ impl Emulator {
         Stats {
             calls: self.calls(),
             successes: self.successes.load(Ordering::SeqCst),
+            key_requests: self.key_requests.load(Ordering::SeqCst),
             access_key_ids: self.access_key_ids.lock().expect("emulator lock").clone(),
         }
     }
@@ -633,6 +638,7 @@ impl Handler for Emulator {
                 resp
             }
             (&Method::GET, [".well-known", "openid-configuration"]) => {
+                self.key_requests.fetch_add(1, Ordering::SeqCst);
                 let base = self.base_url.read().expect("emulator lock").clone();
                 json_body(
                     StatusCode::OK,
@@ -640,6 +646,7 @@ impl Handler for Emulator {
                 )
             }
             (&Method::GET, ["openid", "v1", "jwks"]) => {
+                self.key_requests.fetch_add(1, Ordering::SeqCst);
                 if !self.keys_authorized(&req) {
                     return json_body(
                         StatusCode::UNAUTHORIZED,

@@ -240,7 +240,9 @@ pub struct KeyStore {
     keys: RwLock<Arc<HashMap<String, Arc<Key>>>>,
     loaded: AtomicBool,
     removal_epoch: AtomicU64,
-    /// Held while fetching; the time of the last fetch attempt.
+    /// Held while fetching; the time of the last fetch caused by an
+    /// unknown kid (periodic and initial loads do not count, so a key
+    /// published just after one is still fetched at once).
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     file_mtime: std::sync::Mutex<Option<SystemTime>>,
     metrics: Arc<Metrics>,
@@ -309,8 +311,7 @@ impl KeyStore {
 
     /// First load at start: the source, else the last-known-good copy.
     pub async fn initial_load(&self) -> Result<(), JwksError> {
-        let mut last = self.fetch_lock.lock().await;
-        *last = Some(Instant::now());
+        let _guard = self.fetch_lock.lock().await;
         match self.fetch_and_install().await {
             Ok(()) => Ok(()),
             Err(err) => {
@@ -363,8 +364,7 @@ impl KeyStore {
                     }
                     continue;
                 }
-                let mut last = store.fetch_lock.lock().await;
-                *last = Some(Instant::now());
+                let _guard = store.fetch_lock.lock().await;
                 if let Err(err) = store.fetch_and_install().await {
                     warn!(error = %err, "refreshing signing keys failed; keeping the current ones");
                 }

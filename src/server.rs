@@ -315,10 +315,18 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
     let keys = match source {
         None => None,
         Some(source) => {
+            // In-cluster, the API server's CA is the mounted ServiceAccount's.
+            let ca_file = match (&source, &v.jwks_ca_file) {
+                (_, Some(ca)) => Some(ca.clone()),
+                (crate::jwks::KeySource::ApiServer { sa_dir, .. }, None) => {
+                    Some(sa_dir.join("ca.crt")).filter(|p| p.exists())
+                }
+                _ => None,
+            };
             let store = Arc::new(KeyStore::new(
                 KeyStoreConfig {
                     source,
-                    ca_file: v.jwks_ca_file.clone(),
+                    ca_file,
                     cache_path: v.jwks_cache_path.clone(),
                     refetch_interval: v.jwks_refetch_interval,
                 },

@@ -27,7 +27,13 @@ async fn success_has_the_exact_wire_shape() {
         .collect();
     assert_eq!(
         keys,
-        ["AccessKeyId", "SecretAccessKey", "Token", "AccountId", "Expiration"],
+        [
+            "AccessKeyId",
+            "SecretAccessKey",
+            "Token",
+            "AccountId",
+            "Expiration"
+        ],
         "{}",
         r.body
     );
@@ -36,13 +42,20 @@ async fn success_has_the_exact_wire_shape() {
     assert_eq!(v["AccountId"], "111122223333");
     let exp = v["Expiration"].as_str().unwrap();
     assert!(exp.ends_with('Z'), "{exp}");
-    let parsed = aws_smithy_types::DateTime::from_str(exp, aws_smithy_types::date_time::Format::DateTime)
-        .unwrap();
+    let parsed =
+        aws_smithy_types::DateTime::from_str(exp, aws_smithy_types::date_time::Format::DateTime)
+            .unwrap();
     let in_s = parsed.secs() - now_secs();
-    assert!((6 * 3600 - 60..=6 * 3600).contains(&in_s), "expires in {in_s}s");
+    assert!(
+        (6 * 3600 - 60..=6 * 3600).contains(&in_s),
+        "expires in {in_s}s"
+    );
     assert_eq!(w.emulator.calls(), 1);
     let again = agent.creds(&token).await;
-    assert_eq!(again.body, r.body, "the same token is served from the cache");
+    assert_eq!(
+        again.body, r.body,
+        "the same token is served from the cache"
+    );
     assert_eq!(w.emulator.calls(), 1);
 }
 
@@ -54,9 +67,22 @@ async fn routing_and_host_check() {
 
     let r = get(agent.addr, "/", Some("169.254.170.23"), None).await;
     assert_eq!(r.status, 404);
-    let r = get(agent.addr, "/v1/credentials/x", Some("169.254.170.23"), Some(&token)).await;
+    let r = get(
+        agent.addr,
+        "/v1/credentials/x",
+        Some("169.254.170.23"),
+        Some(&token),
+    )
+    .await;
     assert_eq!(r.status, 404);
-    let r = request(agent.addr, "POST", "/v1/credentials", Some("169.254.170.23"), Some(&token)).await;
+    let r = request(
+        agent.addr,
+        "POST",
+        "/v1/credentials",
+        Some("169.254.170.23"),
+        Some(&token),
+    )
+    .await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
 
@@ -78,7 +104,13 @@ async fn routing_and_host_check() {
     }
     let r = get(agent.addr, "/v1/credentials", None, Some(&token)).await;
     assert_eq!(r.status, 403, "no Host header");
-    for host in ["169.254.170.23", "169.254.170.23:80", "[fd00:ec2::23]", "[fd00:ec2::23]:80", "127.0.0.1:1234"] {
+    for host in [
+        "169.254.170.23",
+        "169.254.170.23:80",
+        "[fd00:ec2::23]",
+        "[fd00:ec2::23]:80",
+        "127.0.0.1:1234",
+    ] {
         let r = get(agent.addr, "/v1/credentials", Some(host), Some(&token)).await;
         assert_eq!(r.status, 200, "{host}: {}", r.body);
     }
@@ -91,8 +123,14 @@ async fn token_checks_need_no_key() {
     let agent = w.agent(&[]).await;
     let cases: Vec<(String, &str)> = vec![
         (String::new(), "Service account token cannot be empty\n"),
-        ("not-a-jwt".into(), "Service account token cannot be parsed: token is malformed: token contains an invalid number of segments\n"),
-        ("e30.e30.c2ln".into(), "Service account token cannot be parsed: token is malformed: could not JSON decode header\n"),
+        (
+            "not-a-jwt".into(),
+            "Service account token cannot be parsed: token is malformed: token contains an invalid number of segments\n",
+        ),
+        (
+            "e30.e30.c2ln".into(),
+            "Service account token cannot be parsed: token is malformed: could not JSON decode header\n",
+        ),
         (
             w.spec_token(&TokenSpec {
                 issued_at: Some(now_secs() - 7200),
@@ -117,13 +155,26 @@ async fn token_checks_need_no_key() {
         ),
     ];
     for (token, message) in cases {
-        let r = get(agent.addr, "/v1/credentials", Some("169.254.170.23"), Some(&token)).await;
+        let r = get(
+            agent.addr,
+            "/v1/credentials",
+            Some("169.254.170.23"),
+            Some(&token),
+        )
+        .await;
         assert_eq!((r.status, r.body.as_str()), (400, message));
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     }
     let r = get(agent.addr, "/v1/credentials", Some("169.254.170.23"), None).await;
-    assert_eq!((r.status, r.body.as_str()), (400, "Service account token cannot be empty\n"));
-    assert_eq!(w.emulator.calls(), 0, "no locally refused token reaches EKS Auth");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "Service account token cannot be empty\n")
+    );
+    assert_eq!(
+        w.emulator.calls(),
+        0,
+        "no locally refused token reaches EKS Auth"
+    );
 }
 
 #[tokio::test]
@@ -178,9 +229,14 @@ async fn eks_auth_errors_pass_their_status_through() {
 async fn pod_without_association_gets_404() {
     let w = World::start().await;
     let agent = w.agent(&[]).await;
-    let r = agent.creds(&w.token("default", "no-association", "p")).await;
+    let r = agent
+        .creds(&w.token("default", "no-association", "p"))
+        .await;
     assert_service_error(&r, 404, "ResourceNotFoundException", "client");
-    assert!(r.body.contains("not found for namespace default and service account no-association"));
+    assert!(
+        r.body
+            .contains("not found for namespace default and service account no-association")
+    );
 }
 
 #[tokio::test]
@@ -217,8 +273,15 @@ async fn unreachable_and_slow_eks_auth_are_500() {
     let started = std::time::Instant::now();
     let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 500, "{}", r.body);
-    assert!(r.body.starts_with("calling EKS Auth timed out"), "{}", r.body);
-    assert!(started.elapsed() < Duration::from_millis(1450), "the 1 s request timeout applies");
+    assert!(
+        r.body.starts_with("calling EKS Auth timed out"),
+        "{}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1450),
+        "the 1 s request timeout applies"
+    );
 }
 
 #[tokio::test]
@@ -226,20 +289,43 @@ async fn probes_follow_upstream_semantics() {
     let w = World::start().await;
     let agent = w.agent(&[]).await;
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(get(agent.probe, path, Some("localhost"), None).await.status, 200, "{path}");
-        assert_eq!(get(agent.metrics, path, Some("localhost"), None).await.status, 200, "{path}");
+        assert_eq!(
+            get(agent.probe, path, Some("localhost"), None).await.status,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            get(agent.metrics_addr, path, Some("localhost"), None)
+                .await
+                .status,
+            200,
+            "{path}"
+        );
     }
-    assert_eq!(get(agent.probe, "/metrics", Some("localhost"), None).await.status, 404);
+    assert_eq!(
+        get(agent.probe, "/metrics", Some("localhost"), None)
+            .await
+            .status,
+        404
+    );
 
     use pod_identity_agent::probe::Probes;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
     let p = Probes::with_deadline(vec![agent.addr, closed_addr], None, Duration::from_secs(2));
-    assert_eq!(p.healthy().await.as_u16(), 500, "a listener that does not answer 404 fails");
+    assert_eq!(
+        p.healthy().await.as_u16(),
+        500,
+        "a listener that does not answer 404 fails"
+    );
     // Accepts connections but never answers: the shared deadline expires.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let p = Probes::with_deadline(vec![agent.addr, silent.local_addr().unwrap()], None, Duration::from_millis(500));
+    let p = Probes::with_deadline(
+        vec![agent.addr, silent.local_addr().unwrap()],
+        None,
+        Duration::from_millis(500),
+    );
     assert_eq!(p.healthy().await.as_u16(), 408);
 }
 
@@ -250,12 +336,19 @@ async fn ipv4_bind_failure_is_fatal_ipv6_is_not() {
     args.bind_hosts = vec!["127.0.0.1".into(), "[fd00:ec2::99]".into()];
     let listeners = pod_identity_agent::server::bind(&args).await.unwrap();
     assert_eq!(listeners.credential_addrs().len(), 1);
-    assert_eq!(listeners.pending_v6.len(), 1, "unassigned IPv6 address left pending, not fatal");
+    assert_eq!(
+        listeners.pending_v6.len(),
+        1,
+        "unassigned IPv6 address left pending, not fatal"
+    );
     drop(listeners);
 
     let mut args = w.agent_args(&[]);
     args.bind_hosts = vec!["192.0.2.77".into()];
-    let err = pod_identity_agent::server::bind(&args).await.err().expect("IPv4 failure is fatal");
+    let err = pod_identity_agent::server::bind(&args)
+        .await
+        .err()
+        .expect("IPv4 failure is fatal");
     assert!(err.to_string().contains("192.0.2.77"), "{err}");
 }
 
@@ -268,10 +361,16 @@ fn unknown_flags_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--no-such-flag"), "{err}");
-    let out = std::process::Command::new(bin()).args(["server"]).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["server"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64), "missing --cluster-name");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster-name"));
-    let out = std::process::Command::new(bin()).args(["--help"]).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["--help"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -283,9 +382,21 @@ async fn binary_serves_with_sdk_environment() {
     let port = free_port();
     let mut child = tokio::process::Command::new(bin())
         .args([
-            "server", "-c", CLUSTER, "-b", "127.0.0.1", "-p", &port.to_string(),
-            "--probe-port", &free_port().to_string(), "--metrics-address", "127.0.0.1",
-            "--metrics-port", &free_port().to_string(), "--allowed-hosts", "169.254.170.23",
+            "server",
+            "-c",
+            CLUSTER,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--probe-port",
+            &free_port().to_string(),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            &free_port().to_string(),
+            "--allowed-hosts",
+            "169.254.170.23",
         ])
         .env_clear()
         .env("AWS_ENDPOINT_URL_EKS_AUTH", w.url())
@@ -302,17 +413,32 @@ async fn binary_serves_with_sdk_environment() {
     let mut last = None;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            last = Some(get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&token)).await);
+            last = Some(
+                get(
+                    addr,
+                    "/v1/credentials",
+                    Some("169.254.170.23"),
+                    Some(&token),
+                )
+                .await,
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = last.expect("the binary listens");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(w.emulator.stats().access_key_ids, vec![NODE_AKID.to_string()]);
+    assert_eq!(
+        w.emulator.stats().access_key_ids,
+        vec![NODE_AKID.to_string()]
+    );
     child.kill().await.unwrap();
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -15,11 +15,31 @@ async fn run_agent_and_collect(format: &str) {
     let port = endpoint_port();
     let mut child = tokio::process::Command::new(bin())
         .args([
-            "server", "-c", CLUSTER, "-b", "127.0.0.1", "-p", &port.to_string(),
-            "--probe-port", &endpoint_port().to_string(), "--metrics-address", "127.0.0.1",
-            "--metrics-port", &endpoint_port().to_string(), "--allowed-hosts", "169.254.170.23",
-            "--endpoint", &w.url(), "--jwks-source", &w.url(), "--eks-auth-max-attempts", "1",
-            "-v", "trace", "--log-format", format,
+            "server",
+            "-c",
+            CLUSTER,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--probe-port",
+            &endpoint_port().to_string(),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            &endpoint_port().to_string(),
+            "--allowed-hosts",
+            "169.254.170.23",
+            "--endpoint",
+            &w.url(),
+            "--jwks-source",
+            &w.url(),
+            "--eks-auth-max-attempts",
+            "1",
+            "-v",
+            "trace",
+            "--log-format",
+            format,
         ])
         .env_clear()
         .env("AWS_REGION", "us-west-2")
@@ -39,7 +59,9 @@ async fn run_agent_and_collect(format: &str) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let ask = |t: String| async move { get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await };
+    let ask = |t: String| async move {
+        get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
+    };
 
     let mut secrets: Vec<String> = vec![NODE_SECRET.into(), "NODE-SESSION-TOKEN-MARKER".into()];
     let mut tokens = Vec::new();
@@ -55,13 +77,22 @@ async fn run_agent_and_collect(format: &str) {
             secrets.push(v["Token"].as_str().unwrap().into());
         }
     }
-    let forged = w.issuer.sign_with_header(&json!({"alg":"RS256","kid":"not-a-key"}), &w.issuer.claims(&pod_a)).unwrap();
+    let forged = w
+        .issuer
+        .sign_with_header(
+            &json!({"alg":"RS256","kid":"not-a-key"}),
+            &w.issuer.claims(&pod_a),
+        )
+        .unwrap();
     tokens.push(forged.clone());
     assert_eq!(ask(forged).await.status, 400);
     let no_assoc = w.token("default", "nobody", "pod-b");
     tokens.push(no_assoc.clone());
     assert_eq!(ask(no_assoc).await.status, 404);
-    w.emulator.set_faults(Faults { force_error: Some("ServiceUnavailableException".into()), ..Default::default() });
+    w.emulator.set_faults(Faults {
+        force_error: Some("ServiceUnavailableException".into()),
+        ..Default::default()
+    });
     let failing = w.token("ns2", "app2", "pod-c");
     tokens.push(failing.clone());
     assert_eq!(ask(failing).await.status, 503);
@@ -70,30 +101,51 @@ async fn run_agent_and_collect(format: &str) {
 
     child.start_kill().unwrap();
     let out = child.wait_with_output().await.unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let logs =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
 
-    assert!(logs.contains("fetched credentials from EKS Auth"), "info lines are there:\n{logs}");
-    assert!(logs.contains("credential request"), "per-request debug lines are there:\n{logs}");
+    assert!(
+        logs.contains("fetched credentials from EKS Auth"),
+        "info lines are there:\n{logs}"
+    );
+    assert!(
+        logs.contains("credential request"),
+        "per-request debug lines are there:\n{logs}"
+    );
     assert!(logs.lines().count() > 10);
     if format == "json" {
         for line in logs.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             assert!(v["level"].is_string());
         }
     }
     for t in &tokens {
         for part in t.split('.').filter(|p| p.len() > 16) {
-            assert!(!logs.contains(part), "a token part leaked into the {format} logs");
+            assert!(
+                !logs.contains(part),
+                "a token part leaked into the {format} logs"
+            );
         }
     }
     for s in &secrets {
-        assert!(!logs.contains(s.as_str()), "a secret leaked into the {format} logs");
-        assert!(!logs.contains(&s[..16.min(s.len())]), "a secret prefix leaked into the {format} logs");
+        assert!(
+            !logs.contains(s.as_str()),
+            "a secret leaked into the {format} logs"
+        );
+        assert!(
+            !logs.contains(&s[..16.min(s.len())]),
+            "a secret prefix leaked into the {format} logs"
+        );
     }
 }
 
 fn endpoint_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]

@@ -20,7 +20,13 @@ fn pod_env(cmd: &mut tokio::process::Command, url: &str, token_file: &Path) {
         .env("AWS_REGION", "us-west-2");
 }
 
-async fn setup() -> (World, Agent, String, tempfile_path::TempFile, serde_json::Value) {
+async fn setup() -> (
+    World,
+    Agent,
+    String,
+    tempfile_path::TempFile,
+    serde_json::Value,
+) {
     let w = World::start().await;
     let agent = w.agent(&[]).await;
     let token = w.token("default", "app", "sdk-pod");
@@ -36,7 +42,14 @@ async fn setup() -> (World, Agent, String, tempfile_path::TempFile, serde_json::
 async fn aws_config_rust_ecs_provider() {
     let (w, _agent, url, file, expected) = setup().await;
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_aws_config", "--ignored", "--nocapture", "--test-threads", "1"]);
+    cmd.args([
+        "--exact",
+        "child_aws_config",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]);
     pod_env(&mut cmd, &url, &file.path);
     let out = cmd.stderr(Stdio::inherit()).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -57,7 +70,10 @@ async fn aws_config_rust_ecs_provider() {
 async fn child_aws_config() {
     use aws_credential_types::provider::ProvideCredentials;
     let provider = aws_config::ecs::EcsCredentialsProvider::builder().build();
-    let creds = provider.provide_credentials().await.expect("credentials from the agent");
+    let creds = provider
+        .provide_credentials()
+        .await
+        .expect("credentials from the agent");
     assert!(creds.session_token().is_some());
     assert!(creds.expiry().is_some());
     println!("AKID={}", creds.access_key_id());
@@ -65,8 +81,12 @@ async fn child_aws_config() {
 
 #[tokio::test]
 async fn boto3_container_provider() {
-    let probe = std::process::Command::new("python3").args(["-c", "import boto3"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) && skip("boto3 is not installed (pip install boto3)") {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import boto3"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success())
+        && skip("boto3 is not installed (pip install boto3)")
+    {
         return;
     }
     let (w, _agent, url, file, expected) = setup().await;
@@ -80,7 +100,11 @@ async fn boto3_container_provider() {
     pod_env(&mut cmd, &url, &file.path);
     let out = cmd.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("container-role"));
     let got: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();

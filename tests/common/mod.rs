@@ -134,8 +134,9 @@ impl World {
 pub struct Agent {
     pub addr: SocketAddr,
     pub probe: SocketAddr,
-    pub metrics: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub cache: pod_identity_agent::cache::CredentialCache,
+    pub metrics: Arc<pod_identity_agent::metrics::Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -145,10 +146,11 @@ impl Agent {
         let args = opts.args.clone();
         let built = server::build(opts).await.unwrap();
         let cache = built.cache.clone();
+        let metrics = built.metrics.clone();
         let listeners = server::bind(&args).await.unwrap();
         let addr = listeners.credential_addrs()[0];
         let probe = listeners.probe_addr();
-        let metrics = listeners.metrics_addr();
+        let metrics_addr = listeners.metrics_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(server::run(built, listeners, async {
             let _ = rx.await;
@@ -156,8 +158,9 @@ impl Agent {
         Self {
             addr,
             probe,
-            metrics,
+            metrics_addr,
             cache,
+            metrics,
             stop: Some(tx),
             task: Some(task),
         }
@@ -170,7 +173,13 @@ impl Agent {
     }
 
     pub async fn creds(&self, token: &str) -> Resp {
-        get(self.addr, "/v1/credentials", Some("169.254.170.23"), Some(token)).await
+        get(
+            self.addr,
+            "/v1/credentials",
+            Some("169.254.170.23"),
+            Some(token),
+        )
+        .await
     }
 }
 
@@ -242,7 +251,14 @@ pub fn parse_response(buf: &[u8]) -> Resp {
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no response head in {text:?}"));
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))

@@ -1,0 +1,491 @@
+//! Credential cache behaviour, with the emulator's call counter and a
+//! manual clock (no sleeping through hours).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pod_identity_agent::clock::ManualClock;
+use pod_identity_agent::emulator::Faults;
+use pod_identity_agent::issuer::TokenSpec;
+
+const OPEN: [&str; 4] = ["--rate-limit", "0", "--per-client-rate-limit", "0"];
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = OPEN.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+async fn verified_agent(w: &World, clock: Option<Arc<ManualClock>>, extra: &[&str]) -> Agent {
+    let url = w.url();
+    let mut a = args(extra);
+    a.extend(["--jwks-source", url.as_str()]);
+    let args = w.agent_args(&a);
+    w.agent_with(args, clock.map(|c| c as _)).await
+}
+
+async fn plain_agent(w: &World, clock: Option<Arc<ManualClock>>, extra: &[&str]) -> Agent {
+    let args = w.agent_args(&args(extra));
+    w.agent_with(args, clock.map(|c| c as _)).await
+}
+
+fn akid(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["AccessKeyId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_1000_requests_over_50_identities_makes_50_calls() {
+    pod_identity_agent::server::raise_fd_limit();
+    let w = World::start().await;
+    w.emulator.set_faults(Faults {
+        latency_ms: 200,
+        ..Default::default()
+    });
+    for verified in [false, true] {
+        let agent = if verified {
+            verified_agent(&w, None, &[]).await
+        } else {
+            plain_agent(&w, None, &[]).await
+        };
+        let before = w.emulator.calls();
+        let specs: Vec<TokenSpec> = (0..50)
+            .map(|i| TokenSpec::pod("default", "app", &format!("pod-{i}")))
+            .collect();
+        // Unverified: one token per pod (only byte-equal tokens may share).
+        // Verified: every request carries a freshly minted token of its pod.
+        let plain_tokens: Vec<String> = specs.iter().map(|s| w.spec_token(s)).collect();
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let token = if verified {
+                w.spec_token(&specs[i % 50])
+            } else {
+                plain_tokens[i % 50].clone()
+            };
+            let addr = agent.addr;
+            tasks.push(tokio::spawn(async move {
+                get(
+                    addr,
+                    "/v1/credentials",
+                    Some("169.254.170.23"),
+                    Some(&token),
+                )
+                .await
+            }));
+        }
+        let mut per_pod = vec![std::collections::HashSet::new(); 50];
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            per_pod[i % 50].insert(akid(&r));
+        }
+        assert_eq!(w.emulator.calls() - before, 50, "verified={verified}");
+        assert!(
+            per_pod.iter().all(|s| s.len() == 1),
+            "every pod got one credential"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotated_token_hits_only_when_verified() {
+    let w = World::start().await;
+    let spec = TokenSpec::pod("default", "app", "rotating");
+    let verified = verified_agent(&w, None, &[]).await;
+    let first = akid(&verified.creds(&w.spec_token(&spec)).await);
+    let rotated = akid(&verified.creds(&w.spec_token(&spec)).await);
+    assert_eq!(first, rotated);
+    assert_eq!(w.emulator.calls(), 1, "verified rotation: 0 new calls");
+
+    let plain = plain_agent(&w, None, &[]).await;
+    let a = akid(&plain.creds(&w.spec_token(&spec)).await);
+    let b = akid(&plain.creds(&w.spec_token(&spec)).await);
+    assert_ne!(a, b);
+    assert_eq!(w.emulator.calls(), 3, "unverified rotation: 1 new call");
+
+    let other_pod = TokenSpec {
+        pod_uid: "other".into(),
+        ..spec.clone()
+    };
+    let c = akid(&verified.creds(&w.spec_token(&other_pod)).await);
+    assert_ne!(
+        c, first,
+        "another pod of the same ServiceAccount gets its own credential"
+    );
+}
+
+#[tokio::test]
+async fn service_account_scope_shares_only_verified() {
+    let w = World::start().await;
+    let a = TokenSpec::pod("default", "app", "a");
+    let b = TokenSpec::pod("default", "app", "b");
+    let shared = verified_agent(&w, None, &["--cache-scope", "service-account"]).await;
+    assert_eq!(
+        akid(&shared.creds(&w.spec_token(&a)).await),
+        akid(&shared.creds(&w.spec_token(&b)).await)
+    );
+    assert_eq!(w.emulator.calls(), 1);
+    let unverified = plain_agent(&w, None, &["--cache-scope", "service-account"]).await;
+    assert_ne!(
+        akid(&unverified.creds(&w.spec_token(&a)).await),
+        akid(&unverified.creds(&w.spec_token(&b)).await)
+    );
+    assert_eq!(w.emulator.calls(), 3, "unverified tokens never share");
+}
+
+#[tokio::test]
+async fn six_hour_credentials_renew_at_three_hours() {
+    let w = World::start().await;
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let t = w.token("default", "app", "p");
+    let first = akid(&agent.creds(&t).await);
+    clock.advance(Duration::from_secs(3 * 3600 - 60));
+    assert_eq!(akid(&agent.creds(&t).await), first);
+    assert_eq!(w.emulator.calls(), 1);
+    clock.advance(Duration::from_secs(61));
+    assert_ne!(akid(&agent.creds(&t).await), first, "renewed after 3 h");
+    assert_eq!(w.emulator.calls(), 2);
+
+    // Retention shorter than the default applies too.
+    let agent = plain_agent(
+        &w,
+        Some(clock.clone()),
+        &["--max-credential-retention-before-renewal", "10m"],
+    )
+    .await;
+    let t = w.token("default", "app", "q");
+    let first = akid(&agent.creds(&t).await);
+    clock.advance(Duration::from_secs(601));
+    assert_ne!(akid(&agent.creds(&t).await), first);
+}
+
+#[tokio::test]
+async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
+    let w = World::start().await;
+    w.emulator.set_credential_lifetime(Duration::from_secs(60));
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let t = w.token("default", "app", "p");
+    let first = akid(&agent.creds(&t).await);
+    clock.advance(Duration::from_secs(40));
+    assert_eq!(
+        akid(&agent.creds(&t).await),
+        first,
+        "20 s left: still served"
+    );
+    clock.advance(Duration::from_secs(6));
+    assert_ne!(
+        akid(&agent.creds(&t).await),
+        first,
+        "14 s left: fetched again"
+    );
+}
+
+#[tokio::test]
+async fn refresh_ahead_only_for_pods_that_keep_asking() {
+    let w = World::start().await;
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let active = w.token("default", "app", "active");
+    let gone = w.token("default", "app", "gone");
+    let active_first = akid(&agent.creds(&active).await);
+    let gone_first = akid(&agent.creds(&gone).await);
+    assert_eq!(w.emulator.calls(), 2);
+
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        akid(&agent.creds(&active).await),
+        active_first,
+        "a hit marks the entry read"
+    );
+    agent.cache.maintain().await;
+    assert_eq!(w.emulator.calls(), 2, "nothing is due after 1 h");
+
+    // Refresh-ahead lands at 75–85 % of the 3 h span.
+    clock.advance(Duration::from_secs(3600 + 35 * 60));
+    agent.cache.maintain().await;
+    assert_eq!(
+        w.emulator.calls(),
+        3,
+        "one refresh: the pod that kept asking"
+    );
+    let refreshed = akid(&agent.creds(&active).await);
+    assert_ne!(
+        refreshed, active_first,
+        "the refreshed credential is served"
+    );
+    assert_eq!(w.emulator.calls(), 3, "... from the cache");
+
+    clock.advance(Duration::from_secs(30 * 60));
+    assert_eq!(
+        akid(&agent.creds(&active).await),
+        refreshed,
+        "no miss at the 3 h mark"
+    );
+    assert_ne!(
+        akid(&agent.creds(&gone).await),
+        gone_first,
+        "the idle pod was not refreshed and renews on demand"
+    );
+    assert_eq!(w.emulator.calls(), 4);
+}
+
+#[tokio::test]
+async fn idle_entries_age_out() {
+    let w = World::start().await;
+    w.emulator
+        .set_credential_lifetime(Duration::from_secs(3600));
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    for i in 0..5 {
+        akid(
+            &agent
+                .creds(&w.token("default", "app", &format!("p{i}")))
+                .await,
+        );
+    }
+    agent.cache.maintain().await;
+    assert_eq!(agent.cache.len(), 5);
+    clock.advance(Duration::from_secs(3600));
+    agent.cache.maintain().await;
+    assert_eq!(agent.cache.len(), 0, "expired entries are dropped");
+    assert_eq!(w.emulator.calls(), 5, "and not renewed");
+}
+
+#[tokio::test]
+async fn stale_on_recoverable_error_then_recovery() {
+    let w = World::start().await;
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &["--eks-auth-max-attempts", "1"]).await;
+    let t = w.token("default", "app", "p");
+    let first = akid(&agent.creds(&t).await);
+    clock.advance(Duration::from_secs(3 * 3600 + 1));
+    for code in [
+        "ServiceUnavailableException",
+        "ThrottlingException",
+        "InternalServerException",
+    ] {
+        w.emulator.set_faults(Faults {
+            force_error: Some(code.into()),
+            ..Default::default()
+        });
+        let before = w.emulator.calls();
+        assert_eq!(
+            akid(&agent.creds(&t).await),
+            first,
+            "{code}: the still-valid credential is served"
+        );
+        assert_eq!(w.emulator.calls(), before + 1);
+        assert_eq!(akid(&agent.creds(&t).await), first);
+        assert_eq!(
+            w.emulator.calls(),
+            before + 1,
+            "{code}: backoff, no retry per request"
+        );
+        clock.advance(Duration::from_secs(8 * 60));
+    }
+    w.emulator.set_faults(Faults::default());
+    let fresh = akid(&agent.creds(&t).await);
+    assert_ne!(fresh, first, "recovered");
+
+    // Without a valid cached credential the error reaches the pod.
+    w.emulator.set_faults(Faults {
+        force_error: Some("ServiceUnavailableException".into()),
+        ..Default::default()
+    });
+    let r = agent.creds(&w.token("default", "app", "new")).await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn irrecoverable_errors_evict_and_are_remembered_briefly() {
+    for (code, status) in [
+        ("AccessDeniedException", 400),
+        ("ExpiredTokenException", 400),
+        ("InvalidTokenException", 400),
+        ("ResourceNotFoundException", 404),
+    ] {
+        let w = World::start().await;
+        let clock = ManualClock::starting_now();
+        let agent = plain_agent(
+            &w,
+            Some(clock.clone()),
+            &[
+                "--eks-auth-max-attempts",
+                "1",
+                "--negative-cache-ttl",
+                "30s",
+            ],
+        )
+        .await;
+        let t = w.token("default", "app", "p");
+        akid(&agent.creds(&t).await);
+        agent.cache.maintain().await;
+        assert_eq!(agent.cache.len(), 1);
+        clock.advance(Duration::from_secs(3 * 3600 + 1));
+        w.emulator.set_faults(Faults {
+            force_error: Some(code.into()),
+            ..Default::default()
+        });
+        assert_eq!(agent.creds(&t).await.status, status, "{code}");
+        assert_eq!(agent.cache.len(), 0, "{code}: evicted");
+        w.emulator.set_faults(Faults::default());
+        for _ in 0..3 {
+            let r = agent.creds(&t).await;
+            assert_eq!(
+                r.status, status,
+                "{code}: negative cache replays the answer"
+            );
+            assert!(r.body.contains(code));
+        }
+        assert_eq!(
+            w.emulator.calls(),
+            2,
+            "{code}: retries in a loop do not reach EKS Auth"
+        );
+        clock.advance(Duration::from_secs(31));
+        akid(&agent.creds(&t).await);
+        assert_eq!(w.emulator.calls(), 3, "{code}: negative entry expired");
+    }
+}
+
+#[tokio::test]
+async fn errors_reach_every_waiter_with_one_call() {
+    let w = World::start().await;
+    w.emulator.set_faults(Faults {
+        latency_ms: 300,
+        force_error: Some("AccessDeniedException".into()),
+        ..Default::default()
+    });
+    let agent = plain_agent(&w, None, &["--eks-auth-max-attempts", "1"]).await;
+    let t = w.token("default", "app", "p");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, t) = (agent.addr, t.clone());
+            tokio::spawn(async move {
+                get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, 400);
+    }
+    assert_eq!(w.emulator.calls(), 1);
+}
+
+/// Library level, so the first caller is cancelled for certain (an aborted
+/// HTTP client may or may not cancel its handler).
+#[tokio::test]
+async fn cancelled_first_caller_does_not_fail_the_others() {
+    use pod_identity_agent::cache::{
+        CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
+    };
+    use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
+    use pod_identity_agent::metrics::Metrics;
+    use pod_identity_agent::token::TokenHash;
+
+    let w = World::start().await;
+    w.emulator.set_faults(Faults {
+        latency_ms: 400,
+        ..Default::default()
+    });
+    let metrics = Arc::new(Metrics::new());
+    let eksauth = EksAuth::new(
+        EksAuthConfig {
+            cluster_name: CLUSTER.into(),
+            endpoint: Some(w.url()),
+            region: Some("us-west-2".into()),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
+            max_attempts: 1,
+            credentials: Some(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        NODE_AKID,
+                        NODE_SECRET,
+                        None,
+                        None,
+                        "test",
+                    ),
+                ),
+            ),
+        },
+        metrics.clone(),
+    )
+    .await;
+    let cache = CredentialCache::new(
+        CacheConfig {
+            retention: Duration::from_secs(3 * 3600),
+            max_size: 100,
+            max_service_qps: 3.0,
+            negative_ttl: Duration::from_secs(5),
+        },
+        eksauth,
+        pod_identity_agent::clock::system(),
+        metrics.clone(),
+    );
+    let token: Arc<str> = w.token("default", "app", "p").into();
+    let hash = TokenHash::of(&token);
+    let key = CacheKey::Token(hash);
+    let token_ref = {
+        let token = token.clone();
+        move || TokenRef {
+            raw: token.clone(),
+            hash,
+            expires: None,
+        }
+    };
+    let first = {
+        let (cache, key, token_ref) = (cache.clone(), key.clone(), token_ref.clone());
+        tokio::spawn(async move { cache.get(&key, hash, token_ref, &Subject::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let (body, outcome) = cache
+        .get(&key, hash, token_ref, &Subject::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Coalesced,
+        "the second caller joined the first call"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("AccessKeyId"));
+    assert_eq!(w.emulator.calls(), 1);
+    assert_eq!(metrics.coalesced_waits.get(), 1);
+}
+
+#[tokio::test]
+async fn size_bound_is_honoured_and_zero_disables() {
+    let w = World::start().await;
+    let agent = plain_agent(&w, None, &["--max-cache-size", "10"]).await;
+    for i in 0..30 {
+        akid(
+            &agent
+                .creds(&w.token("default", "app", &format!("p{i}")))
+                .await,
+        );
+    }
+    agent.cache.maintain().await;
+    assert!(agent.cache.len() <= 10, "{} entries", agent.cache.len());
+
+    for flag in [
+        ["--max-cache-size", "0"],
+        ["--max-credential-retention-before-renewal", "0"],
+    ] {
+        let before = w.emulator.calls();
+        let agent = plain_agent(&w, None, &flag).await;
+        let t = w.token("default", "app", "x");
+        akid(&agent.creds(&t).await);
+        akid(&agent.creds(&t).await);
+        assert_eq!(
+            w.emulator.calls() - before,
+            2,
+            "{flag:?} disables the cache"
+        );
+    }
+}
