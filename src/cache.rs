@@ -391,6 +391,7 @@ impl Inner {
                 let body = issued.credentials.to_body();
                 let expires_ms = issued.credentials.expiration_ms();
                 info!(
+                    cluster = self.eksauth.cluster_name(),
                     namespace = subject.namespace.as_deref(),
                     serviceaccount = subject.service_account.as_deref(),
                     pod = subject.pod.as_deref(),
@@ -445,6 +446,7 @@ impl Inner {
                         negative.insert(token.hash, (until, err.clone()));
                     }
                     warn!(
+                        cluster = self.eksauth.cluster_name(),
                         namespace = subject.namespace.as_deref(),
                         serviceaccount = subject.service_account.as_deref(),
                         pod = subject.pod.as_deref(),
@@ -464,6 +466,7 @@ impl Inner {
                     .filter(|e| e.valid(now));
                 let Some(stale) = stale else {
                     warn!(
+                        cluster = self.eksauth.cluster_name(),
                         namespace = subject.namespace.as_deref(),
                         serviceaccount = subject.service_account.as_deref(),
                         pod = subject.pod.as_deref(),
@@ -483,6 +486,7 @@ impl Inner {
                     .store(renew_at.max(retry_at.min(cap)), Ordering::Relaxed);
                 self.metrics.stale_served.inc();
                 warn!(
+                    cluster = self.eksauth.cluster_name(),
                     namespace = subject.namespace.as_deref(),
                     serviceaccount = subject.service_account.as_deref(),
                     pod = subject.pod.as_deref(),
