@@ -18,7 +18,9 @@ fn scrape_value(families: &prometheus_parse::Scrape, name: &str, labels: &[(&str
         .filter(|s| s.metric == name)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match &s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
             prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
             prometheus_parse::Value::Summary(_) => f64::NAN,
         })
@@ -34,14 +36,27 @@ async fn metrics_after_known_traffic() {
         assert_eq!(agent.creds(&t).await.status, 200);
     }
     assert_eq!(agent.creds("garbage").await.status, 400);
-    assert_eq!(get(agent.addr, "/v1/credentials", Some("10.0.0.1"), Some(&t)).await.status, 403);
-    assert_eq!(agent.creds(&w.token("default", "nobody", "q")).await.status, 404);
+    assert_eq!(
+        get(agent.addr, "/v1/credentials", Some("10.0.0.1"), Some(&t))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        agent.creds(&w.token("default", "nobody", "q")).await.status,
+        404
+    );
     agent.cache.maintain().await;
 
     let r = get(agent.metrics_addr, "/metrics", Some("localhost"), None).await;
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
-    let scrape = prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition format");
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let scrape = prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition format");
     let v = |name: &str, labels: &[(&str, &str)]| scrape_value(&scrape, name, labels);
     assert_eq!(v("pod_identity_http_response", &[("code", "200")]), 3.0);
     assert_eq!(v("pod_identity_http_response", &[("code", "400")]), 1.0);
@@ -49,18 +64,72 @@ async fn metrics_after_known_traffic() {
     assert_eq!(v("pod_identity_http_response", &[("code", "404")]), 1.0);
     assert_eq!(v("pod_identity_cache_state", &[("state", "hit")]), 2.0);
     assert_eq!(v("pod_identity_cache_state", &[("state", "miss")]), 2.0);
-    assert_eq!(v("pod_identity_cache_errors", &[("type", "NonRecoverable"), ("code", "ResourceNotFoundException")]), 1.0);
-    assert_eq!(v("pod_identity_eksauth_calls_total", &[("code", "OK")]), 1.0);
-    assert_eq!(v("pod_identity_eksauth_calls_total", &[("code", "ResourceNotFoundException")]), 1.0);
-    assert_eq!(v("pod_identity_eksauth_duration_seconds_count", &[("result", "ok")]), 1.0);
-    assert_eq!(v("pod_identity_request_duration_seconds_count", &[("outcome", "hit")]), 2.0);
-    assert_eq!(v("pod_identity_request_duration_seconds_count", &[("outcome", "miss")]), 1.0);
-    assert_eq!(v("pod_identity_request_duration_seconds_count", &[("outcome", "error")]), 3.0);
+    assert_eq!(
+        v(
+            "pod_identity_cache_errors",
+            &[
+                ("type", "NonRecoverable"),
+                ("code", "ResourceNotFoundException")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v("pod_identity_eksauth_calls_total", &[("code", "OK")]),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "pod_identity_eksauth_calls_total",
+            &[("code", "ResourceNotFoundException")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "pod_identity_eksauth_duration_seconds_count",
+            &[("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "pod_identity_request_duration_seconds_count",
+            &[("outcome", "hit")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        v(
+            "pod_identity_request_duration_seconds_count",
+            &[("outcome", "miss")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "pod_identity_request_duration_seconds_count",
+            &[("outcome", "error")]
+        ),
+        3.0
+    );
     assert_eq!(v("pod_identity_requests_in_flight", &[]), 0.0);
     assert_eq!(v("pod_identity_cache_entries", &[]), 1.0);
-    assert_eq!(v("pod_identity_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
-    for family in ["pod_identity_request_duration_seconds", "pod_identity_eksauth_duration_seconds"] {
-        assert!(r.body.contains(&format!("# TYPE {family} histogram")), "{family}");
+    assert_eq!(
+        v(
+            "pod_identity_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    for family in [
+        "pod_identity_request_duration_seconds",
+        "pod_identity_eksauth_duration_seconds",
+    ] {
+        assert!(
+            r.body.contains(&format!("# TYPE {family} histogram")),
+            "{family}"
+        );
     }
 }
 
@@ -68,7 +137,9 @@ async fn from(ip: &str, agent: SocketAddr, token: &str) -> u16 {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     let mut s = sock.connect(agent).await.unwrap();
-    let req = format!("GET /v1/credentials HTTP/1.1\r\nHost: 169.254.170.23\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /v1/credentials HTTP/1.1\r\nHost: 169.254.170.23\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
@@ -78,7 +149,14 @@ async fn from(ip: &str, agent: SocketAddr, token: &str) -> u16 {
 #[tokio::test]
 async fn a_flooding_client_does_not_starve_its_neighbours() {
     let w = World::start().await;
-    let agent = w.agent(&["--per-client-rate-limit", "5", "--per-client-rate-limit-burst", "10"]).await;
+    let agent = w
+        .agent(&[
+            "--per-client-rate-limit",
+            "5",
+            "--per-client-rate-limit-burst",
+            "10",
+        ])
+        .await;
     let t = w.token("default", "app", "p");
     let mut flood = Vec::new();
     for _ in 0..100 {
@@ -87,10 +165,20 @@ async fn a_flooding_client_does_not_starve_its_neighbours() {
     let limited = flood.iter().filter(|s| **s == 429).count();
     assert!(limited >= 80, "{limited} of 100 refused");
     assert!(flood.iter().all(|s| *s == 200 || *s == 429));
-    let r = get(agent.addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await;
+    let r = get(
+        agent.addr,
+        "/v1/credentials",
+        Some("169.254.170.23"),
+        Some(&t),
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (429, "Too Many Requests\n"));
     for _ in 0..10 {
-        assert_eq!(from("127.0.0.2", agent.addr, &t).await, 200, "the neighbour is served");
+        assert_eq!(
+            from("127.0.0.2", agent.addr, &t).await,
+            200,
+            "the neighbour is served"
+        );
     }
     let m = &agent.metrics.rate_limited;
     assert!(m.with_label_values(&["client"]).get() >= 80);
@@ -99,13 +187,28 @@ async fn a_flooding_client_does_not_starve_its_neighbours() {
 #[tokio::test]
 async fn global_limit_like_upstream() {
     let w = World::start().await;
-    let agent = w.agent(&["--rate-limit", "1", "--rate-limit-burst", "5", "--per-client-rate-limit", "0"]).await;
+    let agent = w
+        .agent(&[
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "5",
+            "--per-client-rate-limit",
+            "0",
+        ])
+        .await;
     let mut statuses = Vec::new();
     for i in 0..20 {
         statuses.push(from(&format!("127.0.0.{}", 10 + i), agent.addr, "").await);
     }
-    assert!(statuses.iter().filter(|s| **s == 429).count() >= 14, "{statuses:?}");
-    assert!(statuses[..5].iter().all(|s| *s == 400), "the burst is admitted: {statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 14,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..5].iter().all(|s| *s == 400),
+        "the burst is admitted: {statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -113,11 +216,26 @@ async fn oversized_headers_get_431() {
     let w = World::start().await;
     let agent = w.agent(&[]).await;
     let huge = "x".repeat(20 * 1024);
-    let r = get(agent.addr, "/v1/credentials", Some("169.254.170.23"), Some(&huge)).await;
+    let r = get(
+        agent.addr,
+        "/v1/credentials",
+        Some("169.254.170.23"),
+        Some(&huge),
+    )
+    .await;
     assert_eq!(r.status, 431);
     let agent = w.agent(&["--max-header-bytes", "65536"]).await;
-    let r = get(agent.addr, "/v1/credentials", Some("169.254.170.23"), Some(&huge)).await;
-    assert_eq!(r.status, 400, "a larger limit admits it (and the token is refused)");
+    let r = get(
+        agent.addr,
+        "/v1/credentials",
+        Some("169.254.170.23"),
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(
+        r.status, 400,
+        "a larger limit admits it (and the token is refused)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,15 +248,22 @@ async fn slow_and_idle_connections_do_not_delay_a_normal_request() {
         let mut s = TcpStream::connect(agent.addr).await.unwrap();
         if i % 2 == 0 {
             // Slowloris: a request head that never completes.
-            s.write_all(b"GET /v1/credentials HTTP/1.1\r\nHost: 169.254.170.23\r\nX-Slow: ").await.unwrap();
+            s.write_all(b"GET /v1/credentials HTTP/1.1\r\nHost: 169.254.170.23\r\nX-Slow: ")
+                .await
+                .unwrap();
         }
         held.push(s);
     }
     let t = w.token("default", "app", "p");
     let started = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(10), agent.creds(&t)).await.expect("served while 2,000 connections hang");
+    let r = tokio::time::timeout(Duration::from_secs(10), agent.creds(&t))
+        .await
+        .expect("served while 2,000 connections hang");
     assert_eq!(r.status, 200);
-    eprintln!("request with 2,000 stalled connections took {:?}", started.elapsed());
+    eprintln!(
+        "request with 2,000 stalled connections took {:?}",
+        started.elapsed()
+    );
     // The header deadline closes them.
     let mut closed = 0;
     for s in held.iter_mut().step_by(50) {
@@ -148,13 +273,18 @@ async fn slow_and_idle_connections_do_not_delay_a_normal_request() {
             Err(_) => {}
         }
     }
-    assert_eq!(closed, 40, "every sampled stalled connection was closed by the header deadline");
+    assert_eq!(
+        closed, 40,
+        "every sampled stalled connection was closed by the header deadline"
+    );
 }
 
 #[tokio::test]
 async fn connection_cap_closes_the_excess() {
     let w = World::start().await;
-    let agent = w.agent(&["--max-connections", "5", "--header-read-timeout", "30s"]).await;
+    let agent = w
+        .agent(&["--max-connections", "5", "--header-read-timeout", "30s"])
+        .await;
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(TcpStream::connect(agent.addr).await.unwrap());
@@ -162,38 +292,67 @@ async fn connection_cap_closes_the_excess() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut extra = TcpStream::connect(agent.addr).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "the sixth connection is closed at once");
     assert_eq!(agent.metrics.rejected_connections.get(), 1);
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(agent.creds(&w.token("default", "app", "p")).await.status, 200);
+    assert_eq!(
+        agent.creds(&w.token("default", "app", "p")).await.status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn drain_lets_in_flight_requests_finish() {
     let w = World::start().await;
-    w.emulator.set_faults(Faults { latency_ms: 800, ..Default::default() });
+    w.emulator.set_faults(Faults {
+        latency_ms: 800,
+        ..Default::default()
+    });
     let agent = w.agent(&["--drain-timeout", "5s"]).await;
     let addr = agent.addr;
     let t = w.token("default", "app", "p");
-    let in_flight = tokio::spawn(async move { get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await });
+    let in_flight = tokio::spawn(async move {
+        get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     assert!(agent.stop().await, "drained within the grace period");
-    assert!(started.elapsed() >= Duration::from_millis(400), "the drain waited for the slow call");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the drain waited for the slow call"
+    );
     assert_eq!(in_flight.await.unwrap().status, 200);
-    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }
 
 #[tokio::test]
 async fn drain_is_bounded() {
     let w = World::start().await;
-    w.emulator.set_faults(Faults { latency_ms: 5000, ..Default::default() });
-    let agent = w.agent(&["--drain-timeout", "300ms", "--eks-auth-request-timeout", "10s"]).await;
+    w.emulator.set_faults(Faults {
+        latency_ms: 5000,
+        ..Default::default()
+    });
+    let agent = w
+        .agent(&[
+            "--drain-timeout",
+            "300ms",
+            "--eks-auth-request-timeout",
+            "10s",
+        ])
+        .await;
     let addr = agent.addr;
     let t = w.token("default", "app", "p");
-    let _stuck = tokio::spawn(async move { get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await });
+    let _stuck = tokio::spawn(async move {
+        get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     assert!(!agent.stop().await, "reports the overrun");
@@ -201,7 +360,11 @@ async fn drain_is_bounded() {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_listening(addr: SocketAddr) {
@@ -217,13 +380,32 @@ async fn wait_listening(addr: SocketAddr) {
 #[tokio::test]
 async fn sigterm_drains_the_binary() {
     let w = World::start().await;
-    w.emulator.set_faults(Faults { latency_ms: 700, ..Default::default() });
+    w.emulator.set_faults(Faults {
+        latency_ms: 700,
+        ..Default::default()
+    });
     let p = port();
     let child = tokio::process::Command::new(bin())
         .args([
-            "server", "-c", CLUSTER, "-b", "127.0.0.1", "-p", &p.to_string(), "--probe-port", &port().to_string(),
-            "--metrics-address", "127.0.0.1", "--metrics-port", &port().to_string(),
-            "--allowed-hosts", "169.254.170.23", "--endpoint", &w.url(), "--log-format", "text",
+            "server",
+            "-c",
+            CLUSTER,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &p.to_string(),
+            "--probe-port",
+            &port().to_string(),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            &port().to_string(),
+            "--allowed-hosts",
+            "169.254.170.23",
+            "--endpoint",
+            &w.url(),
+            "--log-format",
+            "text",
         ])
         .env_clear()
         .env("AWS_REGION", "us-west-2")
@@ -236,15 +418,27 @@ async fn sigterm_drains_the_binary() {
     let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
     wait_listening(addr).await;
     let t = w.token("default", "app", "p");
-    let in_flight = tokio::spawn(async move { get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await });
+    let in_flight = tokio::spawn(async move {
+        get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.unwrap().unwrap();
-    assert_eq!(in_flight.await.unwrap().status, 200, "the in-flight request finished");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        in_flight.await.unwrap().status,
+        200,
+        "the in-flight request finished"
+    );
     assert!(out.status.success());
     let logs = String::from_utf8_lossy(&out.stderr);
-    assert!(logs.contains("SIGTERM received") && logs.contains("drained"), "{logs}");
+    assert!(
+        logs.contains("SIGTERM received") && logs.contains("drained"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -257,16 +451,38 @@ async fn rotate_credentials_rereads_the_shared_credentials_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("credentials");
     let write = |akid: &str, secret: &str| {
-        std::fs::write(&file, format!("[default]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\n")).unwrap();
+        std::fs::write(
+            &file,
+            format!("[default]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\n"),
+        )
+        .unwrap();
     };
     write(akid1, "hybrid-secret-1");
     let p = port();
     let _child = tokio::process::Command::new(bin())
         .args([
-            "server", "-c", CLUSTER, "-b", "127.0.0.1", "-p", &p.to_string(), "--probe-port", &port().to_string(),
-            "--metrics-address", "127.0.0.1", "--metrics-port", &port().to_string(),
-            "--allowed-hosts", "169.254.170.23", "--endpoint", &w.url(), "--region", "us-west-2",
-            "--rotate-credentials", "--credentials-reload-interval", "1s",
+            "server",
+            "-c",
+            CLUSTER,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &p.to_string(),
+            "--probe-port",
+            &port().to_string(),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            &port().to_string(),
+            "--allowed-hosts",
+            "169.254.170.23",
+            "--endpoint",
+            &w.url(),
+            "--region",
+            "us-west-2",
+            "--rotate-credentials",
+            "--credentials-reload-interval",
+            "1s",
         ])
         .env_clear()
         .env("AWS_SHARED_CREDENTIALS_FILE", &file)
@@ -280,14 +496,22 @@ async fn rotate_credentials_rereads_the_shared_credentials_file() {
     wait_listening(addr).await;
     let ask = |pod: &str| {
         let t = w.token("default", "app", pod);
-        async move { get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await.status }
+        async move {
+            get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t))
+                .await
+                .status
+        }
     };
     assert_eq!(ask("a").await, 200);
     write(akid2, "hybrid-secret-2");
     let mut seen_new = false;
     for i in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(ask(&format!("b{i}")).await, 200, "signed with a key the emulator accepts");
+        assert_eq!(
+            ask(&format!("b{i}")).await,
+            200,
+            "signed with a key the emulator accepts"
+        );
         if w.emulator.stats().access_key_ids.last().map(String::as_str) == Some(akid2) {
             seen_new = true;
             break;
@@ -296,6 +520,9 @@ async fn rotate_credentials_rereads_the_shared_credentials_file() {
     assert!(seen_new, "the rotated key was picked up without a restart");
     let ids = w.emulator.stats().access_key_ids;
     assert_eq!(ids[0], akid1);
-    assert!(!ids.iter().any(|k| k == "AKIDSHOULDNOTBEUSED0"), "the file wins over the environment");
+    assert!(
+        !ids.iter().any(|k| k == "AKIDSHOULDNOTBEUSED0"),
+        "the file wins over the environment"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

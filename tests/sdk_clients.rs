@@ -139,3 +139,30 @@ mod tempfile_path {
         }
     }
 }
+
+#[tokio::test]
+async fn aws_sdk_js_v3_from_http() {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    if !js
+        .join("node_modules/@aws-sdk/credential-providers")
+        .exists()
+        && skip("tests/js has no node_modules (cd tests/js && npm ci)")
+    {
+        return;
+    }
+    let (w, _agent, url, file, expected) = setup().await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(js.join("fromhttp.mjs")).current_dir(&js);
+    pod_env(&mut cmd, &url, &file.path);
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(got["accessKeyId"], expected["AccessKeyId"]);
+    assert_eq!(got["sessionToken"], true);
+    assert_eq!(w.emulator.calls(), 1);
+}
