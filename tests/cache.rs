@@ -489,3 +489,28 @@ async fn size_bound_is_honoured_and_zero_disables() {
         );
     }
 }
+
+#[tokio::test]
+async fn background_refreshes_are_paced_at_max_service_qps() {
+    let w = World::start().await;
+    let clock = ManualClock::starting_now();
+    let agent = plain_agent(&w, Some(clock.clone()), &["--max-service-qps", "20"]).await;
+    let tokens: Vec<String> = (0..10)
+        .map(|i| w.token("default", "app", &format!("p{i}")))
+        .collect();
+    for t in &tokens {
+        akid(&agent.creds(t).await);
+    }
+    clock.advance(Duration::from_secs(60));
+    for t in &tokens {
+        akid(&agent.creds(t).await);
+    }
+    clock.advance(Duration::from_secs(2 * 3600 + 35 * 60));
+    let started = std::time::Instant::now();
+    agent.cache.maintain().await;
+    let took = started.elapsed();
+    assert_eq!(w.emulator.calls(), 20, "all ten refreshed");
+    // Nine gaps of at least half of 1/20 s (jitter is 0.5–1.5 × the interval).
+    assert!(took >= Duration::from_millis(225), "paced: {took:?}");
+    assert_eq!(agent.metrics.refreshes.with_label_values(&["ok"]).get(), 10);
+}

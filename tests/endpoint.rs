@@ -442,3 +442,105 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A forward proxy for plain-HTTP targets: counts requests and sends them
+/// to `upstream` whatever host they name.
+async fn counting_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                // Absolute-form request line: the client is using us as a proxy.
+                if String::from_utf8_lossy(&head).starts_with("POST http://eks-auth.proxy.test") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                server.write_all(&head).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn eks_auth_calls_honour_http_proxy_and_no_proxy() {
+    let w = World::start().await;
+    let (proxy, proxied) = counting_proxy(w.emu.addr).await;
+    for (no_proxy, expect) in [("", 200), ("eks-auth.proxy.test", 500)] {
+        let port = free_port();
+        let _child = tokio::process::Command::new(bin())
+            .args([
+                "server",
+                "-c",
+                CLUSTER,
+                "-b",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--probe-port",
+                &free_port().to_string(),
+                "--metrics-address",
+                "127.0.0.1",
+                "--metrics-port",
+                &free_port().to_string(),
+                "--allowed-hosts",
+                "169.254.170.23",
+                "--eks-auth-max-attempts",
+                "1",
+            ])
+            .env_clear()
+            // Resolvable only through the proxy.
+            .env("AWS_ENDPOINT_URL_EKS_AUTH", "http://eks-auth.proxy.test")
+            .env("HTTP_PROXY", format!("http://{proxy}"))
+            .env("NO_PROXY", no_proxy)
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_ACCESS_KEY_ID", NODE_AKID)
+            .env("AWS_SECRET_ACCESS_KEY", NODE_SECRET)
+            .kill_on_drop(true)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let before = proxied.load(std::sync::atomic::Ordering::SeqCst);
+        let r = get(
+            addr,
+            "/v1/credentials",
+            Some("169.254.170.23"),
+            Some(&w.token("default", "app", "p")),
+        )
+        .await;
+        assert_eq!(r.status, expect, "NO_PROXY={no_proxy:?}: {}", r.body);
+        let through = proxied.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(
+            through,
+            usize::from(no_proxy.is_empty()),
+            "NO_PROXY={no_proxy:?}"
+        );
+    }
+}
