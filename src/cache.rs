@@ -108,7 +108,6 @@ pub enum Outcome {
     Miss,
     Coalesced,
     Stale,
-    Negative,
 }
 
 impl Outcome {
@@ -118,7 +117,6 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",
-            Outcome::Negative => "negative",
         }
     }
 }
