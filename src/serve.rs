@@ -56,11 +56,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// A set of listeners served by one handler, drained together.
 pub struct Server<H> {
-    handler: Arc<H>,
-    limits: ConnLimits,
-    permits: Arc<Semaphore>,
-    metrics: Option<Arc<Metrics>>,
-    signal: watch::Sender<bool>,
+    adder: ListenerAdder<H>,
     done_tx: mpsc::Sender<()>,
     done_rx: mpsc::Receiver<()>,
 }
@@ -70,11 +66,14 @@ impl<H: Handler> Server<H> {
         let (signal, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
         Self {
-            handler,
-            permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            limits,
-            metrics,
-            signal,
+            adder: ListenerAdder {
+                handler,
+                permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+                limits,
+                metrics,
+                signal,
+                done_tx: done_tx.downgrade(),
+            },
             done_tx,
             done_rx,
         }
@@ -82,27 +81,12 @@ impl<H: Handler> Server<H> {
 
     /// Starts accepting on `listener` until [`drain`](Self::drain).
     pub fn add_listener(&self, listener: TcpListener) {
-        let ctx = AcceptCtx {
-            handler: self.handler.clone(),
-            limits: self.limits.clone(),
-            permits: self.permits.clone(),
-            metrics: self.metrics.clone(),
-            signal: self.signal.subscribe(),
-            done_tx: self.done_tx.clone(),
-        };
-        tokio::spawn(ctx.run(listener));
+        self.adder.add(listener);
     }
 
     /// A handle that can add listeners later (IPv6 addresses that appear after start).
     pub fn adder(&self) -> ListenerAdder<H> {
-        ListenerAdder {
-            handler: self.handler.clone(),
-            limits: self.limits.clone(),
-            permits: self.permits.clone(),
-            metrics: self.metrics.clone(),
-            signal: self.signal.clone(),
-            done_tx: self.done_tx.downgrade(),
-        }
+        self.adder.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits at most
@@ -110,12 +94,11 @@ impl<H: Handler> Server<H> {
     /// open at the deadline.
     pub async fn drain(self, grace: Duration) -> bool {
         let Server {
-            signal,
+            adder,
             done_tx,
             mut done_rx,
-            ..
         } = self;
-        let _ = signal.send(true);
+        let _ = adder.signal.send(true);
         drop(done_tx);
         match tokio::time::timeout(grace, done_rx.recv()).await {
             Ok(_) => true,
@@ -130,6 +113,8 @@ impl<H: Handler> Server<H> {
     }
 }
 
+/// Spawns accept loops for a [`Server`]; holds no drain guard itself, so a
+/// forgotten adder never delays a drain.
 pub struct ListenerAdder<H> {
     handler: Arc<H>,
     limits: ConnLimits,
@@ -137,6 +122,19 @@ pub struct ListenerAdder<H> {
     metrics: Option<Arc<Metrics>>,
     signal: watch::Sender<bool>,
     done_tx: mpsc::WeakSender<()>,
+}
+
+impl<H> Clone for ListenerAdder<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            limits: self.limits.clone(),
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            signal: self.signal.clone(),
+            done_tx: self.done_tx.clone(),
+        }
+    }
 }
 
 impl<H: Handler> ListenerAdder<H> {

@@ -379,68 +379,23 @@ fn unknown_flags_exit_64() {
 #[tokio::test]
 async fn binary_serves_with_sdk_environment() {
     let w = World::start().await;
-    let port = free_port();
-    let mut child = tokio::process::Command::new(bin())
-        .args([
-            "server",
-            "-c",
-            CLUSTER,
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--probe-port",
-            &free_port().to_string(),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            &free_port().to_string(),
-            "--allowed-hosts",
-            "169.254.170.23",
-        ])
-        .env_clear()
-        .env("AWS_ENDPOINT_URL_EKS_AUTH", w.url())
-        .env("AWS_REGION", "us-west-2")
-        .env("AWS_ACCESS_KEY_ID", NODE_AKID)
-        .env("AWS_SECRET_ACCESS_KEY", NODE_SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let token = w.token("default", "app", "p");
-    let mut last = None;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            last = Some(
-                get(
-                    addr,
-                    "/v1/credentials",
-                    Some("169.254.170.23"),
-                    Some(&token),
-                )
-                .await,
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = last.expect("the binary listens");
+    let agent = BinaryAgent::spawn(
+        &[],
+        &[
+            ("AWS_ENDPOINT_URL_EKS_AUTH", &w.url()),
+            ("AWS_REGION", "us-west-2"),
+            ("AWS_ACCESS_KEY_ID", NODE_AKID),
+            ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+        ],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         w.emulator.stats().access_key_ids,
         vec![NODE_AKID.to_string()]
     );
-    child.kill().await.unwrap();
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A forward proxy for plain-HTTP targets: counts requests and sends them
@@ -487,54 +442,23 @@ async fn eks_auth_calls_honour_http_proxy_and_no_proxy() {
     let w = World::start().await;
     let (proxy, proxied) = counting_proxy(w.emu.addr).await;
     for (no_proxy, expect) in [("", 200), ("eks-auth.proxy.test", 500)] {
-        let port = free_port();
-        let _child = tokio::process::Command::new(bin())
-            .args([
-                "server",
-                "-c",
-                CLUSTER,
-                "-b",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--probe-port",
-                &free_port().to_string(),
-                "--metrics-address",
-                "127.0.0.1",
-                "--metrics-port",
-                &free_port().to_string(),
-                "--allowed-hosts",
-                "169.254.170.23",
-                "--eks-auth-max-attempts",
-                "1",
-            ])
-            .env_clear()
-            // Resolvable only through the proxy.
-            .env("AWS_ENDPOINT_URL_EKS_AUTH", "http://eks-auth.proxy.test")
-            .env("HTTP_PROXY", format!("http://{proxy}"))
-            .env("NO_PROXY", no_proxy)
-            .env("AWS_REGION", "us-west-2")
-            .env("AWS_ACCESS_KEY_ID", NODE_AKID)
-            .env("AWS_SECRET_ACCESS_KEY", NODE_SECRET)
-            .kill_on_drop(true)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let before = proxied.load(std::sync::atomic::Ordering::SeqCst);
-        let r = get(
-            addr,
-            "/v1/credentials",
-            Some("169.254.170.23"),
-            Some(&w.token("default", "app", "p")),
+        let proxy_url = format!("http://{proxy}");
+        // The endpoint resolves only through the proxy.
+        let agent = BinaryAgent::spawn(
+            &["--eks-auth-max-attempts", "1"],
+            &[
+                ("AWS_ENDPOINT_URL_EKS_AUTH", "http://eks-auth.proxy.test"),
+                ("HTTP_PROXY", &proxy_url),
+                ("NO_PROXY", no_proxy),
+                ("AWS_REGION", "us-west-2"),
+                ("AWS_ACCESS_KEY_ID", NODE_AKID),
+                ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+            ],
+            std::process::Stdio::null(),
         )
         .await;
+        let before = proxied.load(std::sync::atomic::Ordering::SeqCst);
+        let r = agent.creds(&w.token("default", "app", "p")).await;
         assert_eq!(r.status, expect, "NO_PROXY={no_proxy:?}: {}", r.body);
         let through = proxied.load(std::sync::atomic::Ordering::SeqCst) - before;
         assert_eq!(

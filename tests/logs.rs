@@ -4,61 +4,36 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use pod_identity_agent::emulator::Faults;
 use serde_json::json;
 
 async fn run_agent_and_collect(format: &str) {
     let w = World::start().await;
-    let port = endpoint_port();
-    let mut child = tokio::process::Command::new(bin())
-        .args([
-            "server",
-            "-c",
-            CLUSTER,
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--probe-port",
-            &endpoint_port().to_string(),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            &endpoint_port().to_string(),
-            "--allowed-hosts",
-            "169.254.170.23",
+    let url = w.url();
+    let agent = BinaryAgent::spawn(
+        &[
             "--endpoint",
-            &w.url(),
+            &url,
             "--jwks-source",
-            &w.url(),
+            &url,
             "--eks-auth-max-attempts",
             "1",
             "-v",
             "trace",
             "--log-format",
             format,
-        ])
-        .env_clear()
-        .env("AWS_REGION", "us-west-2")
-        .env("AWS_ACCESS_KEY_ID", NODE_AKID)
-        .env("AWS_SECRET_ACCESS_KEY", NODE_SECRET)
-        .env("AWS_SESSION_TOKEN", "NODE-SESSION-TOKEN-MARKER")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        ],
+        &[
+            ("AWS_REGION", "us-west-2"),
+            ("AWS_ACCESS_KEY_ID", NODE_AKID),
+            ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+            ("AWS_SESSION_TOKEN", "NODE-SESSION-TOKEN-MARKER"),
+        ],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let addr = agent.addr;
     let ask = |t: String| async move {
         get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
     };
@@ -99,6 +74,7 @@ async fn run_agent_and_collect(format: &str) {
     tokens.push("garbage.not.jwt".into());
     assert_eq!(ask("garbage.not.jwt".into()).await.status, 400);
 
+    let mut child = agent.child;
     child.start_kill().unwrap();
     let out = child.wait_with_output().await.unwrap();
     let logs =
@@ -138,14 +114,6 @@ async fn run_agent_and_collect(format: &str) {
             "a secret prefix leaked into the {format} logs"
         );
     }
-}
-
-fn endpoint_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -359,24 +359,6 @@ async fn drain_is_bounded() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{addr} never listened");
-}
-
 #[tokio::test]
 async fn sigterm_drains_the_binary() {
     let w = World::start().await;
@@ -384,39 +366,18 @@ async fn sigterm_drains_the_binary() {
         latency_ms: 700,
         ..Default::default()
     });
-    let p = port();
-    let child = tokio::process::Command::new(bin())
-        .args([
-            "server",
-            "-c",
-            CLUSTER,
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &p.to_string(),
-            "--probe-port",
-            &port().to_string(),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            &port().to_string(),
-            "--allowed-hosts",
-            "169.254.170.23",
-            "--endpoint",
-            &w.url(),
-            "--log-format",
-            "text",
-        ])
-        .env_clear()
-        .env("AWS_REGION", "us-west-2")
-        .env("AWS_ACCESS_KEY_ID", NODE_AKID)
-        .env("AWS_SECRET_ACCESS_KEY", NODE_SECRET)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-    wait_listening(addr).await;
+    let url = w.url();
+    let agent = BinaryAgent::spawn(
+        &["--endpoint", &url, "--log-format", "text"],
+        &[
+            ("AWS_REGION", "us-west-2"),
+            ("AWS_ACCESS_KEY_ID", NODE_AKID),
+            ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+        ],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let (addr, child) = (agent.addr, agent.child);
     let t = w.token("default", "app", "p");
     let in_flight = tokio::spawn(async move {
         get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
@@ -458,42 +419,27 @@ async fn rotate_credentials_rereads_the_shared_credentials_file() {
         .unwrap();
     };
     write(akid1, "hybrid-secret-1");
-    let p = port();
-    let _child = tokio::process::Command::new(bin())
-        .args([
-            "server",
-            "-c",
-            CLUSTER,
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &p.to_string(),
-            "--probe-port",
-            &port().to_string(),
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            &port().to_string(),
-            "--allowed-hosts",
-            "169.254.170.23",
+    let url = w.url();
+    let file_env = file.display().to_string();
+    let agent = BinaryAgent::spawn(
+        &[
             "--endpoint",
-            &w.url(),
+            &url,
             "--region",
             "us-west-2",
             "--rotate-credentials",
             "--credentials-reload-interval",
             "1s",
-        ])
-        .env_clear()
-        .env("AWS_SHARED_CREDENTIALS_FILE", &file)
-        .env("AWS_ACCESS_KEY_ID", "AKIDSHOULDNOTBEUSED0")
-        .env("AWS_SECRET_ACCESS_KEY", "wrong")
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-    wait_listening(addr).await;
+        ],
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", &file_env),
+            ("AWS_ACCESS_KEY_ID", "AKIDSHOULDNOTBEUSED0"),
+            ("AWS_SECRET_ACCESS_KEY", "wrong"),
+        ],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let addr = agent.addr;
     let ask = |pod: &str| {
         let t = w.token("default", "app", pod);
         async move {

@@ -285,3 +285,75 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_eks-pod-identity-agent")
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} never listened");
+}
+
+/// The built binary running `server` on 127.0.0.1 (free ports), with only
+/// the environment given (plus `AWS_EC2_METADATA_DISABLED`).
+pub struct BinaryAgent {
+    pub addr: SocketAddr,
+    pub child: tokio::process::Child,
+}
+
+impl BinaryAgent {
+    pub async fn spawn(extra: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> Self {
+        let port = free_port();
+        let (probe, metrics) = (free_port().to_string(), free_port().to_string());
+        let port_s = port.to_string();
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args([
+            "server",
+            "-c",
+            CLUSTER,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "--probe-port",
+            &probe,
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            &metrics,
+            "--allowed-hosts",
+            "169.254.170.23",
+        ])
+        .args(extra)
+        .env_clear()
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true);
+        let child = cmd.spawn().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_listening(addr).await;
+        Self { addr, child }
+    }
+
+    pub async fn creds(&self, token: &str) -> Resp {
+        get(
+            self.addr,
+            "/v1/credentials",
+            Some("169.254.170.23"),
+            Some(token),
+        )
+        .await
+    }
+}
