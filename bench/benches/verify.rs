@@ -1,0 +1,141 @@
+//! Criterion micro-benchmarks of token admission (`verify::TokenGate::admit`),
+//! the per-request work before the credential cache:
+//!
+//! - `admission/verified_cold`: a token the verified-token memo does not
+//!   hold (memo size 1, rotating over 256 distinct tokens): SHA-256, JWT
+//!   parse, claim checks, key lookup, RS256 signature verification,
+//!   Kubernetes claim rules, memo insert. What the agent pays once per new
+//!   token in verified mode (`--jwks-source`).
+//! - `admission/verified_cached`: the same token again: SHA-256 + memo hit
+//!   + expiry check. What every later request with that token pays.
+//! - `admission/unverified_cold`: no key source (the default): SHA-256,
+//!   parse and claim checks of a token not in the memo.
+//! - `token_hash/sha256`: `TokenHash::of` alone on a real (~1.1 KB) token.
+//!
+//! Keys come from a `KeySource::File` JWKS written from `Issuer::jwks()`.
+//! Admission never waits on I/O once the keys are loaded, so each call is
+//! polled to completion once (`now_or_never`), without an executor.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::FutureExt;
+use pod_identity_agent::cli::CacheScope;
+use pod_identity_agent::issuer::{Issuer, TokenSpec};
+use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
+use pod_identity_agent::metrics::Metrics;
+use pod_identity_agent::token::TokenHash;
+use pod_identity_agent::verify::{GateConfig, TokenGate};
+
+const ISSUER: &str = "https://oidc.bench.example/id/BENCH";
+
+fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> TokenGate {
+    TokenGate::new(
+        GateConfig {
+            audience: "pods.eks.amazonaws.com".into(),
+            leeway_secs: 30,
+            issuer: Some(ISSUER.into()),
+            scope: CacheScope::Pod,
+            memo_size,
+        },
+        keys,
+        pod_identity_agent::clock::system(),
+        metrics,
+    )
+}
+
+fn tokens(issuer: &Issuer, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            issuer
+                .mint(&TokenSpec::pod("bench", "app", &format!("pod-{i}")))
+                .expect("minting a token")
+        })
+        .collect()
+}
+
+fn admission(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let issuer = Issuer::generate(ISSUER).expect("issuer key");
+    let dir = std::env::temp_dir().join(format!("pod-identity-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, issuer.jwks().to_string()).expect("writing the JWKS");
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        KeyStore::new(
+            KeyStoreConfig {
+                source: KeySource::File(jwks),
+                ca_file: None,
+                cache_path: None,
+                refetch_interval: Duration::from_secs(3600),
+            },
+            metrics.clone(),
+        )
+        .expect("key store"),
+    );
+    rt.block_on(store.initial_load()).expect("loading the JWKS");
+    let distinct = tokens(&issuer, 256);
+
+    let mut group = c.benchmark_group("admission");
+    {
+        let gate = gate(Some(store.clone()), 1, metrics.clone());
+        let mut i = 0usize;
+        group.bench_function("verified_cold", |b| {
+            b.iter(|| {
+                i = (i + 1) % distinct.len();
+                let admitted = gate
+                    .admit(black_box(&distinct[i]))
+                    .now_or_never()
+                    .expect("admission does not wait once keys are loaded")
+                    .expect("token admitted");
+                assert!(admitted.verified);
+                admitted
+            })
+        });
+    }
+    {
+        let gate = gate(Some(store.clone()), 20_000, metrics.clone());
+        let token = &distinct[0];
+        gate.admit(token)
+            .now_or_never()
+            .expect("ready")
+            .expect("admitted");
+        group.bench_function("verified_cached", |b| {
+            b.iter(|| {
+                gate.admit(black_box(token))
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("admitted")
+            })
+        });
+    }
+    {
+        let gate = gate(None, 1, metrics.clone());
+        let mut i = 0usize;
+        group.bench_function("unverified_cold", |b| {
+            b.iter(|| {
+                i = (i + 1) % distinct.len();
+                gate.admit(black_box(&distinct[i]))
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("admitted")
+            })
+        });
+    }
+    group.finish();
+
+    c.benchmark_group("token_hash")
+        .bench_function("sha256", |b| {
+            b.iter(|| TokenHash::of(black_box(&distinct[0])))
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, admission);
+criterion_main!(benches);
