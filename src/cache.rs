@@ -133,6 +133,8 @@ struct Entry {
     /// refreshed ahead, so pods that stopped asking age out (upstream #171).
     read: AtomicBool,
     failures: AtomicU32,
+    /// First bytes of `token.hash`, checked without the lock on every hit.
+    token_tag: AtomicU64,
     token: Mutex<TokenRef>,
     subject: Subject,
     association_id: Option<String>,
@@ -158,6 +160,8 @@ struct Inner {
     clock: SharedClock,
     config: CacheConfig,
     metrics: Arc<Metrics>,
+    /// `cache_state{state="hit"}`, resolved once: it is counted per request.
+    hits: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -184,49 +188,51 @@ impl CredentialCache {
                 eksauth,
                 clock,
                 config,
+                hits: metrics.cache_state.with_label_values(&["hit"]),
                 metrics,
             }),
         }
     }
 
     /// Credentials for `key`, from the cache or from EKS Auth.
-    /// `token` is called only on a miss or a token rotation, so hits allocate nothing.
+    /// Credentials for `key` at `now_ms`. `token` is called only on a miss
+    /// or a token rotation, so hits allocate nothing; the miss path is boxed
+    /// to keep the hit path's future small.
     pub async fn get(
         &self,
         key: &CacheKey,
         hash: TokenHash,
         token: impl FnOnce() -> TokenRef,
         subject: &Subject,
+        now_ms: u64,
     ) -> Result<(Bytes, Outcome), FetchError> {
         let inner = &self.inner;
-        let now = inner.clock.now_ms();
         if let Some(entry) = inner.entries.as_ref().and_then(|e| e.get(key))
-            && entry.servable(now)
+            && entry.servable(now_ms)
         {
             if !entry.read.load(Ordering::Relaxed) {
                 entry.read.store(true, Ordering::Relaxed);
             }
-            let mut current = entry.token.lock().expect("token lock poisoned");
-            if current.hash != hash {
+            if entry.token_tag.load(Ordering::Relaxed) != tag(&hash) {
                 // A rotated token of the same verified identity: refreshes use the newest.
-                *current = token();
+                let fresh = token();
+                entry.token_tag.store(tag(&fresh.hash), Ordering::Relaxed);
+                *entry.token.lock().expect("token lock poisoned") = fresh;
             }
-            drop(current);
-            inner.metrics.cache_state.with_label_values(&["hit"]).inc();
+            inner.hits.inc();
             return Ok((entry.body.clone(), Outcome::Hit));
         }
         if let Some(negative) = &inner.negative
             && let Some((until, err)) = negative.get(&hash)
         {
-            if now < until {
+            if now_ms < until {
                 inner.metrics.negative_hits.inc();
                 return Err(err);
             }
             negative.invalidate(&hash);
         }
         inner.metrics.cache_state.with_label_values(&["miss"]).inc();
-        self.fetch_shared(key.clone(), token(), subject.clone())
-            .await
+        Box::pin(self.fetch_shared(key.clone(), token(), subject.clone())).await
     }
 
     /// One EKS Auth call per key at a time; everyone asking meanwhile waits
@@ -413,6 +419,7 @@ impl Inner {
                         ),
                         read: AtomicBool::new(false),
                         failures: AtomicU32::new(0),
+                        token_tag: AtomicU64::new(tag(&token.hash)),
                         token: Mutex::new(token),
                         subject,
                         association_id: issued.association_id,
@@ -498,6 +505,14 @@ impl Inner {
             }
         }
     }
+}
+
+fn tag(hash: &TokenHash) -> u64 {
+    u64::from_le_bytes(
+        hash.0[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 8 bytes"),
+    )
 }
 
 /// Exponential from 5 s to 5 min, with up to +50 % jitter.

@@ -11,7 +11,8 @@
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
 //! - [`ratelimit`]: global and per-client token buckets.
 //! - [`token`]: JWT parsing and keyless claim checks.
-//! - [`verify`]: admission: keyless checks, signature verification, verified-token memo.
+//! - [`verify`]: admission: keyless checks, signature verification.
+//! - [`memo`]: the admitted-token memo (a token is checked once, not per request).
 //! - [`jwks`]: signing-key sources, rotation, last-known-good copy.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
@@ -38,6 +39,7 @@ pub mod emulator;
 pub mod issuer;
 pub mod jwks;
 pub mod logging;
+pub mod memo;
 pub mod metrics;
 pub mod probe;
 pub mod ratelimit;

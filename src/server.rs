@@ -151,7 +151,11 @@ pub struct Agent {
     gate: TokenGate,
     cache: CredentialCache,
     limiter: RateLimiter,
+    clock: SharedClock,
     metrics: Arc<Metrics>,
+    /// Per-request series resolved once (`with_label_values` hashes and locks).
+    ok_responses: prometheus::IntCounter,
+    hit_latency: prometheus::Histogram,
 }
 
 impl Agent {
@@ -186,22 +190,32 @@ impl Agent {
         if req.method() != Method::GET {
             return Err(RequestError::Method);
         }
+        // httparse already refused control characters in header values; UTF-8
+        // validation (vectorized) is all that is left, and anything not
+        // base64url fails parsing on first sight.
         let token = match req.headers().get(AUTHORIZATION) {
             None => "",
-            Some(v) => v.to_str().map_err(|_| {
+            Some(v) => std::str::from_utf8(v.as_bytes()).map_err(|_| {
                 AdmitError::Token(crate::token::TokenError::Malformed(
-                    "token contains characters outside visible ASCII",
+                    "token is not valid UTF-8",
                 ))
             })?,
         };
-        let admitted = self.gate.admit(token).await?;
+        let now_ms = self.clock.now_ms();
+        let admitted = self.gate.admit(token, (now_ms / 1000) as i64).await?;
         let token_ref = || TokenRef {
             raw: Arc::from(token),
             hash: admitted.hash,
             expires: admitted.validity.expires,
         };
         self.cache
-            .get(&admitted.key, admitted.hash, token_ref, &admitted.subject)
+            .get(
+                &admitted.key,
+                admitted.hash,
+                token_ref,
+                &admitted.subject,
+                now_ms,
+            )
             .await
             .map_err(RequestError::EksAuth)
     }
@@ -227,15 +241,23 @@ impl Handler for Agent {
             }
         };
         let status = resp.status();
-        self.metrics
-            .http_response
-            .with_label_values(&[status.as_str()])
-            .inc();
         let took = started.elapsed();
-        self.metrics
-            .request_duration
-            .with_label_values(&[outcome])
-            .observe(took.as_secs_f64());
+        if status == StatusCode::OK {
+            self.ok_responses.inc();
+        } else {
+            self.metrics
+                .http_response
+                .with_label_values(&[status.as_str()])
+                .inc();
+        }
+        if outcome == "hit" {
+            self.hit_latency.observe(took.as_secs_f64());
+        } else {
+            self.metrics
+                .request_duration
+                .with_label_values(&[outcome])
+                .observe(took.as_secs_f64());
+        }
         debug!(%peer, status = status.as_u16(), outcome, latency_us = took.as_micros() as u64, "credential request");
         resp
     }
@@ -348,7 +370,6 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
             memo_size: v.verified_token_cache_size,
         },
         keys.clone(),
-        clock.clone(),
         metrics.clone(),
     );
     let cache = CredentialCache::new(
@@ -359,7 +380,7 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
             negative_ttl: args.negative_cache_ttl,
         },
         eksauth,
-        clock,
+        clock.clone(),
         metrics.clone(),
     );
     if args.allowed_hosts.is_empty() {
@@ -386,6 +407,9 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
                 burst: args.per_client_rate_limit_burst,
             },
         ),
+        clock,
+        ok_responses: metrics.http_response.with_label_values(&["200"]),
+        hit_latency: metrics.request_duration.with_label_values(&["hit"]),
         metrics: metrics.clone(),
     });
     Ok(Built {

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::cache::{CacheKey, Subject};
 use crate::cli::CacheScope;
-use crate::clock::SharedClock;
 use crate::jwks::{KeyLookup, KeyStore};
+use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, Identity, Parsed, TokenError, TokenHash, Validity};
 
@@ -86,8 +86,8 @@ pub struct GateConfig {
 pub struct TokenGate {
     config: GateConfig,
     keys: Option<Arc<KeyStore>>,
-    memo: moka::sync::Cache<TokenHash, (u64, Arc<Admitted>)>,
-    clock: SharedClock,
+    /// Admitted tokens with the key-removal epoch they were verified under.
+    memo: Memo<(u64, Arc<Admitted>)>,
     metrics: Arc<Metrics>,
     warned_no_keys: AtomicBool,
 }
@@ -104,17 +104,11 @@ const ALLOWED_ALGS: &[(&str, Algorithm)] = &[
 ];
 
 impl TokenGate {
-    pub fn new(
-        config: GateConfig,
-        keys: Option<Arc<KeyStore>>,
-        clock: SharedClock,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(config: GateConfig, keys: Option<Arc<KeyStore>>, metrics: Arc<Metrics>) -> Self {
         Self {
-            memo: moka::sync::Cache::new(config.memo_size.max(1)),
+            memo: Memo::new(config.memo_size.max(1)),
             config,
             keys,
-            clock,
             metrics,
             warned_no_keys: AtomicBool::new(false),
         }
@@ -124,22 +118,32 @@ impl TokenGate {
         self.keys.is_some()
     }
 
-    pub async fn admit(&self, raw: &str) -> Result<Arc<Admitted>, AdmitError> {
+    /// Admission at `now_secs`. A token seen before costs one memo lookup;
+    /// the first sighting is parsed, hashed and verified (boxed, to keep
+    /// the hit path's future small).
+    pub async fn admit(&self, raw: &str, now_secs: i64) -> Result<Arc<Admitted>, AdmitError> {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
-        let hash = TokenHash::of(raw);
-        let now = (self.clock.now_ms() / 1000) as i64;
         let epoch = self.keys.as_ref().map_or(0, |k| k.removal_epoch());
-        if let Some((memo_epoch, admitted)) = self.memo.get(&hash)
+        if let Some((memo_epoch, admitted)) = self.memo.get(raw)
             && memo_epoch == epoch
         {
-            admitted.validity.check(now, self.config.leeway_secs)?;
+            admitted.validity.check(now_secs, self.config.leeway_secs)?;
             if admitted.verified {
                 self.outcome("cached");
             }
             return Ok(admitted);
         }
+        Box::pin(self.admit_first(raw, now_secs, epoch)).await
+    }
+
+    async fn admit_first(
+        &self,
+        raw: &str,
+        now: i64,
+        epoch: u64,
+    ) -> Result<Arc<Admitted>, AdmitError> {
         let parsed = token::parse(raw)?;
         let validity = token::check_basic(
             &parsed.claims,
@@ -162,6 +166,7 @@ impl TokenGate {
         if self.keys.is_some() {
             self.outcome(if verified { "verified" } else { "no_keys" });
         }
+        let hash = TokenHash::of(raw);
         let subject = subject_of(&parsed.claims);
         let key = CacheKey::for_request(hash, identity.as_ref(), self.config.scope);
         let admitted = Arc::new(Admitted {
@@ -171,7 +176,12 @@ impl TokenGate {
             subject,
             verified,
         });
-        self.memo.insert(hash, (epoch, admitted.clone()));
+        self.memo.insert(
+            raw,
+            validity.expires.unwrap_or(i64::MAX),
+            (epoch, admitted.clone()),
+            now,
+        );
         Ok(admitted)
     }
 

@@ -440,13 +440,29 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
     };
     let first = {
         let (cache, key, token_ref) = (cache.clone(), key.clone(), token_ref.clone());
-        tokio::spawn(async move { cache.get(&key, hash, token_ref, &Subject::default()).await })
+        tokio::spawn(async move {
+            cache
+                .get(
+                    &key,
+                    hash,
+                    token_ref,
+                    &Subject::default(),
+                    pod_identity_agent::issuer::now_secs() as u64 * 1000,
+                )
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     let (body, outcome) = cache
-        .get(&key, hash, token_ref, &Subject::default())
+        .get(
+            &key,
+            hash,
+            token_ref,
+            &Subject::default(),
+            pod_identity_agent::issuer::now_secs() as u64 * 1000,
+        )
         .await
         .unwrap();
     assert_eq!(

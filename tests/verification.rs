@@ -696,11 +696,10 @@ async fn mutated_tokens_are_never_accepted() {
             memo_size: 100_000,
         },
         Some(store),
-        pod_identity_agent::clock::system(),
         metrics,
     );
     for t in &valid {
-        assert!(gate.admit(t).await.unwrap().verified);
+        assert!(gate.admit(t, now_secs()).await.unwrap().verified);
     }
     const ALPHABET: &[u8] =
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
@@ -742,7 +741,7 @@ async fn mutated_tokens_are_never_accepted() {
         let Ok(s) = String::from_utf8(m) else {
             continue;
         };
-        if let Ok(admitted) = gate.admit(&s).await {
+        if let Ok(admitted) = gate.admit(&s, now_secs()).await {
             panic!("mutation admitted (verified={}): {s}", admitted.verified);
         }
     }

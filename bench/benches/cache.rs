@@ -23,6 +23,7 @@ use pod_identity_agent::cache::{
     CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
 };
 use pod_identity_agent::cli::CacheScope;
+use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
 use pod_identity_agent::emulator::{Association, Emulator, RunningEmulator};
 use pod_identity_agent::issuer::{Issuer, TokenSpec};
@@ -103,6 +104,7 @@ fn hit(c: &mut Criterion) {
                         expires: None,
                     },
                     &Subject::default(),
+                    SystemClock.now_ms(),
                 )
                 .await
                 .expect("warm-up fetch");
@@ -119,7 +121,13 @@ fn hit(c: &mut Criterion) {
         let w = &warm[0];
         b.iter(|| {
             let (body, outcome) = cache
-                .get(black_box(&w.key), w.hash, no_token, &subject)
+                .get(
+                    black_box(&w.key),
+                    w.hash,
+                    no_token,
+                    &subject,
+                    SystemClock.now_ms(),
+                )
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit");
@@ -133,7 +141,13 @@ fn hit(c: &mut Criterion) {
             i = (i + 1) % warm.len();
             let w = &warm[i];
             cache
-                .get(black_box(&w.key), w.hash, no_token, &subject)
+                .get(
+                    black_box(&w.key),
+                    w.hash,
+                    no_token,
+                    &subject,
+                    SystemClock.now_ms(),
+                )
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit")

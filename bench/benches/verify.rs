@@ -41,7 +41,6 @@ fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> T
             memo_size,
         },
         keys,
-        pod_identity_agent::clock::system(),
         metrics,
     )
 }
@@ -90,7 +89,10 @@ fn admission(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
                 let admitted = gate
-                    .admit(black_box(&distinct[i]))
+                    .admit(
+                        black_box(&distinct[i]),
+                        pod_identity_agent::issuer::now_secs(),
+                    )
                     .now_or_never()
                     .expect("admission does not wait once keys are loaded")
                     .expect("token admitted");
@@ -102,13 +104,13 @@ fn admission(c: &mut Criterion) {
     {
         let gate = gate(Some(store.clone()), 20_000, metrics.clone());
         let token = &distinct[0];
-        gate.admit(token)
+        gate.admit(token, pod_identity_agent::issuer::now_secs())
             .now_or_never()
             .expect("ready")
             .expect("admitted");
         group.bench_function("verified_cached", |b| {
             b.iter(|| {
-                gate.admit(black_box(token))
+                gate.admit(black_box(token), pod_identity_agent::issuer::now_secs())
                     .now_or_never()
                     .expect("ready")
                     .expect("admitted")
@@ -121,10 +123,13 @@ fn admission(c: &mut Criterion) {
         group.bench_function("unverified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                gate.admit(black_box(&distinct[i]))
-                    .now_or_never()
-                    .expect("ready")
-                    .expect("admitted")
+                gate.admit(
+                    black_box(&distinct[i]),
+                    pod_identity_agent::issuer::now_secs(),
+                )
+                .now_or_never()
+                .expect("ready")
+                .expect("admitted")
             })
         });
     }

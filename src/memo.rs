@@ -1,0 +1,129 @@
+//! The admitted-token memo: raw token → what admission computed for it, so
+//! a token is parsed, hashed with SHA-256 and (with keys) signature-checked
+//! once, not per request.
+//!
+//! Hot-path shape: one keyed hash of the token (ahash, random per process,
+//! so pods cannot aim collisions), a read lock on one of 64 shards, and a
+//! byte comparison of the whole token: only byte-equal tokens match.
+//! Bounded: a full shard first drops tokens past their `exp`, then an
+//! arbitrary eighth of itself (a dropped token is simply admitted again).
+
+use std::sync::RwLock;
+
+use hashbrown::HashTable;
+
+const SHARDS: usize = 64;
+
+struct Slot<V> {
+    hash: u64,
+    token: Box<str>,
+    /// Token `exp` (epoch seconds), for eviction.
+    expires: i64,
+    value: V,
+}
+
+pub struct Memo<V> {
+    hasher: ahash::RandomState,
+    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    per_shard: usize,
+}
+
+impl<V: Clone> Memo<V> {
+    pub fn new(capacity: u64) -> Self {
+        let per_shard = (capacity as usize).div_ceil(SHARDS).max(1);
+        Self {
+            hasher: ahash::RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            per_shard,
+        }
+    }
+
+    fn locate(&self, token: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
+        let hash = self.hasher.hash_one(token);
+        (hash, &self.shards[(hash >> 58) as usize % SHARDS])
+    }
+
+    pub fn get(&self, token: &str) -> Option<V> {
+        let (hash, shard) = self.locate(token);
+        let table = shard.read().expect("memo lock poisoned");
+        table
+            .find(hash, |s| s.hash == hash && &*s.token == token)
+            .map(|s| s.value.clone())
+    }
+
+    pub fn insert(&self, token: &str, expires: i64, value: V, now_secs: i64) {
+        let (hash, shard) = self.locate(token);
+        let mut table = shard.write().expect("memo lock poisoned");
+        if let Ok(mut existing) = table.find_entry(hash, |s| s.hash == hash && &*s.token == token) {
+            existing.get_mut().value = value;
+            return;
+        }
+        if table.len() >= self.per_shard {
+            table.retain(|s| s.expires > now_secs);
+            if table.len() >= self.per_shard {
+                let mut drop = (self.per_shard / 8).max(1);
+                table.retain(|_| {
+                    if drop > 0 {
+                        drop -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        table.insert_unique(
+            hash,
+            Slot {
+                hash,
+                token: token.into(),
+                expires,
+                value,
+            },
+            |s| s.hash,
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("memo lock poisoned").len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_byte_equal_tokens_match() {
+        let m = Memo::new(100);
+        m.insert("a.b.c", 100, 1, 0);
+        assert_eq!(m.get("a.b.c"), Some(1));
+        assert_eq!(m.get("a.b.C"), None);
+        assert_eq!(m.get("a.b.c "), None);
+        m.insert("a.b.c", 100, 2, 0);
+        assert_eq!(m.get("a.b.c"), Some(2));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn bounded_and_drops_expired_first() {
+        let m = Memo::new(64 * 4);
+        for i in 0..10_000 {
+            m.insert(
+                &format!("token-{i}"),
+                if i % 2 == 0 { 10 } else { 1000 },
+                i,
+                50,
+            );
+        }
+        assert!(m.len() <= 64 * 4, "{}", m.len());
+        assert!(m.len() > 64 * 2, "{}", m.len());
+    }
+}
