@@ -8,7 +8,7 @@
 //! Bounded: a full shard first drops tokens past their `exp`, then an
 //! arbitrary eighth of itself (a dropped token is simply admitted again).
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use hashbrown::HashTable;
 
@@ -16,7 +16,9 @@ const SHARDS: usize = 64;
 
 struct Slot<V> {
     hash: u64,
-    token: Box<str>,
+    /// Shared with whoever else keeps the token (the credential cache keeps
+    /// it for refreshes), so a token is stored once.
+    token: Arc<str>,
     /// Token `exp` (epoch seconds), for eviction.
     expires: i64,
     value: V,
@@ -51,10 +53,10 @@ impl<V: Clone> Memo<V> {
             .map(|s| s.value.clone())
     }
 
-    pub fn insert(&self, token: &str, expires: i64, value: V, now_secs: i64) {
-        let (hash, shard) = self.locate(token);
+    pub fn insert(&self, token: Arc<str>, expires: i64, value: V, now_secs: i64) {
+        let (hash, shard) = self.locate(&token);
         let mut table = shard.write().expect("memo lock poisoned");
-        if let Ok(mut existing) = table.find_entry(hash, |s| s.hash == hash && &*s.token == token) {
+        if let Ok(mut existing) = table.find_entry(hash, |s| s.hash == hash && s.token == token) {
             existing.get_mut().value = value;
             return;
         }
@@ -76,7 +78,7 @@ impl<V: Clone> Memo<V> {
             hash,
             Slot {
                 hash,
-                token: token.into(),
+                token,
                 expires,
                 value,
             },
@@ -103,11 +105,11 @@ mod tests {
     #[test]
     fn only_byte_equal_tokens_match() {
         let m = Memo::new(100);
-        m.insert("a.b.c", 100, 1, 0);
+        m.insert("a.b.c".into(), 100, 1, 0);
         assert_eq!(m.get("a.b.c"), Some(1));
         assert_eq!(m.get("a.b.C"), None);
         assert_eq!(m.get("a.b.c "), None);
-        m.insert("a.b.c", 100, 2, 0);
+        m.insert("a.b.c".into(), 100, 2, 0);
         assert_eq!(m.get("a.b.c"), Some(2));
         assert_eq!(m.len(), 1);
     }
@@ -117,7 +119,7 @@ mod tests {
         let m = Memo::new(64 * 4);
         for i in 0..10_000 {
             m.insert(
-                &format!("token-{i}"),
+                format!("token-{i}").into(),
                 if i % 2 == 0 { 10 } else { 1000 },
                 i,
                 50,

@@ -204,7 +204,7 @@ impl Agent {
         let now_ms = self.clock.now_ms();
         let admitted = self.gate.admit(token, (now_ms / 1000) as i64).await?;
         let token_ref = || TokenRef {
-            raw: Arc::from(token),
+            raw: admitted.raw.clone(),
             hash: admitted.hash,
             expires: admitted.validity.expires,
         };

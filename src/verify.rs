@@ -60,6 +60,8 @@ impl VerifyError {
 /// Everything a request needs from its token, computed once per distinct token.
 #[derive(Debug)]
 pub struct Admitted {
+    /// The token itself, shared by the memo and the credential cache.
+    pub raw: Arc<str>,
     pub hash: TokenHash,
     pub validity: Validity,
     pub key: CacheKey,
@@ -169,7 +171,9 @@ impl TokenGate {
         let hash = TokenHash::of(raw);
         let subject = subject_of(&parsed.claims);
         let key = CacheKey::for_request(hash, identity.as_ref(), self.config.scope);
+        let raw: Arc<str> = Arc::from(raw);
         let admitted = Arc::new(Admitted {
+            raw: raw.clone(),
             hash,
             validity,
             key,

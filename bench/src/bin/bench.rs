@@ -1128,7 +1128,7 @@ const CRITERION: &[(&str, &str)] = &[
     ),
     (
         "token_hash/sha256",
-        "`TokenHash::of` on a real token (done on every request)",
+        "`TokenHash::of` on a real token (once per distinct token, at admission)",
     ),
     (
         "cache/hit_1_key",
