@@ -5,8 +5,9 @@
 //! Hot-path shape: one keyed hash of the token (ahash, random per process,
 //! so pods cannot aim collisions), a read lock on one of 64 shards, and a
 //! byte comparison of the whole token: only byte-equal tokens match.
-//! Bounded: a full shard first drops tokens past their `exp`, then an
-//! arbitrary eighth of itself (a dropped token is simply admitted again).
+//! Bounded (at most 1.25 × the capacity): a full shard first drops tokens
+//! past their `exp`, then an arbitrary eighth of itself (a dropped token is
+//! simply admitted again).
 
 use std::sync::{Arc, RwLock};
 
@@ -32,7 +33,9 @@ pub struct Memo<V> {
 
 impl<V: Clone> Memo<V> {
     pub fn new(capacity: u64) -> Self {
-        let per_shard = (capacity as usize).div_ceil(SHARDS).max(1);
+        // Tokens spread unevenly over shards; 25 % slack per shard lets the
+        // memo hold about `capacity` tokens, and never more than 1.25 × that.
+        let per_shard = (capacity as usize * 5 / 4).div_ceil(SHARDS).max(1);
         Self {
             hasher: ahash::RandomState::new(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
@@ -125,7 +128,7 @@ mod tests {
                 50,
             );
         }
-        assert!(m.len() <= 64 * 4, "{}", m.len());
+        assert!(m.len() <= 64 * 5, "{}", m.len());
         assert!(m.len() > 64 * 2, "{}", m.len());
     }
 }

@@ -29,6 +29,20 @@ fn json_body(status: StatusCode, v: &impl Serialize) -> HttpResponse {
     resp
 }
 
+/// A JSON request body, or the 400 to answer.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, HttpResponse> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&body)
+        .map_err(|e| json_body(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})))
+}
+
 impl Handler for Emulator {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
         let path = req.uri().path().to_owned();
@@ -78,36 +92,17 @@ impl Handler for Emulator {
                 r
             }
             (&Method::GET, ["_emulator", "stats"]) => json_body(StatusCode::OK, &self.stats()),
-            (&Method::POST, ["_emulator", "faults"]) => {
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                match serde_json::from_slice::<Faults>(&body) {
-                    Ok(f) => {
-                        self.set_faults(f.clone());
-                        json_body(StatusCode::OK, &f)
-                    }
-                    Err(e) => json_body(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+            (&Method::POST, ["_emulator", "faults"]) => match read_json::<Faults>(req).await {
+                Ok(f) => {
+                    self.set_faults(f.clone());
+                    json_body(StatusCode::OK, &f)
                 }
-            }
+                Err(resp) => resp,
+            },
             (&Method::POST, ["_emulator", "mint"]) => {
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let m: MintRequest = match serde_json::from_slice(&body) {
+                let m: MintRequest = match read_json(req).await {
                     Ok(m) => m,
-                    Err(e) => {
-                        return json_body(
-                            StatusCode::BAD_REQUEST,
-                            &json!({"error": e.to_string()}),
-                        );
-                    }
+                    Err(resp) => return resp,
                 };
                 let mut spec = TokenSpec::pod(
                     &m.namespace,
