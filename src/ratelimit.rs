@@ -80,13 +80,18 @@ impl RateLimiter {
         if self.client_rate.enabled() {
             let shard = &self.clients[shard_of(&client)];
             let mut map = shard.lock().expect("rate limiter lock poisoned");
-            if map.len() >= PRUNE_AT {
+            if map.len() >= PRUNE_AT && !map.contains_key(&client) {
                 let rate = self.client_rate;
                 map.retain(|_, b| {
                     let mut probe = *b;
                     probe.take(rate, now);
                     probe.tokens + 1.0 < rate.burst.max(1) as f64
                 });
+                // Still full of busy clients: start the shard over rather
+                // than scan it again on every new client.
+                if map.len() >= PRUNE_AT {
+                    map.clear();
+                }
             }
             let bucket = map
                 .entry(client)
