@@ -283,3 +283,43 @@ pub struct EmulatorArgs {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// `server` flags for an agent on 127.0.0.1 (the demo, tests): any free
+/// ports, the given Host values allowed, EKS Auth at `endpoint` in
+/// us-west-2; `extra` flags follow.
+pub fn loopback_server(
+    cluster: &str,
+    endpoint: &str,
+    port: u16,
+    allowed_hosts: &str,
+    extra: &[&str],
+) -> Result<ServerArgs, clap::Error> {
+    let port = port.to_string();
+    let mut argv = vec![
+        "eks-pod-identity-agent",
+        "server",
+        "--cluster-name",
+        cluster,
+        "--bind-hosts",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--probe-port",
+        "0",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--allowed-hosts",
+        allowed_hosts,
+        "--endpoint",
+        endpoint,
+        "--region",
+        "us-west-2",
+    ];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv)?.command {
+        Command::Server(args) => Ok(args),
+        _ => unreachable!("the argument list starts with `server`"),
+    }
+}

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::cli::{Cli, Command, DemoArgs};
+use crate::cli::{DemoArgs, loopback_server};
 use crate::emulator::{Association, Emulator, RunningEmulator};
 use crate::issuer::{Issuer, TokenSpec};
 use crate::server::{self, Options};
@@ -58,36 +57,18 @@ pub async fn run(
     emulator.add_node_credentials(DEMO_ACCESS_KEY_ID, DEMO_SECRET);
     let running_emulator = RunningEmulator::start(emulator, listener);
 
-    let port = args.port.to_string();
-    let cli = Cli::try_parse_from([
-        "eks-pod-identity-agent",
-        "server",
-        "--cluster-name",
+    let server_args = loopback_server(
         DEMO_CLUSTER,
-        "--bind-hosts",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--probe-port",
-        "0",
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--allowed-hosts",
+        &emu_url,
+        args.port,
         "127.0.0.1,localhost,169.254.170.23,fd00:ec2::23",
-        "--endpoint",
-        &emu_url,
-        "--region",
-        "us-west-2",
-        "--jwks-source",
-        &emu_url,
-        "--verbosity",
-        &args.log.verbosity,
-    ])?;
-    let Command::Server(server_args) = cli.command else {
-        unreachable!("the demo builds a server command line");
-    };
+        &[
+            "--jwks-source",
+            &emu_url,
+            "--verbosity",
+            &args.log.verbosity,
+        ],
+    )?;
     let mut opts = Options::new(server_args.clone());
     opts.credentials = Some(SharedCredentialsProvider::new(Credentials::new(
         DEMO_ACCESS_KEY_ID,

@@ -274,12 +274,6 @@ impl KeyStore {
         self.removal_epoch.load(Ordering::Acquire)
     }
 
-    pub fn kids(&self) -> Vec<String> {
-        let mut k: Vec<_> = self.current().keys().cloned().collect();
-        k.sort();
-        k
-    }
-
     fn current(&self) -> Arc<HashMap<String, Arc<Key>>> {
         self.keys.read().expect("key lock poisoned").clone()
     }

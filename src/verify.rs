@@ -116,10 +116,6 @@ impl TokenGate {
         }
     }
 
-    pub fn verifying(&self) -> bool {
-        self.keys.is_some()
-    }
-
     /// Admission at `now_secs`. A token seen before costs one memo lookup;
     /// the first sighting is parsed, hashed and verified (boxed, to keep
     /// the hit path's future small).

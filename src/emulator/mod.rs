@@ -208,10 +208,6 @@ impl Emulator {
         self
     }
 
-    pub fn issuer(&self) -> &Arc<Issuer> {
-        &self.issuer
-    }
-
     pub fn associate(&self, a: Association) {
         self.associations
             .write()

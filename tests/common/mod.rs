@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use clap::Parser;
-use pod_identity_agent::cli::{Cli, Command, ServerArgs};
+use pod_identity_agent::cli::{ServerArgs, loopback_server};
 use pod_identity_agent::clock::SharedClock;
 use pod_identity_agent::emulator::{Association, Emulator, RunningEmulator};
 use pod_identity_agent::issuer::{Issuer, TokenSpec};
@@ -77,37 +76,14 @@ impl World {
 
     /// The `server` flags a test agent starts with, before `extra`.
     pub fn agent_args(&self, extra: &[&str]) -> ServerArgs {
-        let url = self.url();
-        let mut argv: Vec<String> = [
-            "eks-pod-identity-agent",
-            "server",
-            "--cluster-name",
+        loopback_server(
             CLUSTER,
-            "--bind-hosts",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--probe-port",
-            "0",
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            "0",
-            "--allowed-hosts",
+            &self.url(),
+            0,
             "127.0.0.1,169.254.170.23,fd00:ec2::23",
-            "--endpoint",
-            &url,
-            "--region",
-            "us-west-2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let Command::Server(args) = Cli::try_parse_from(argv).unwrap().command else {
-            unreachable!()
-        };
-        args
+            extra,
+        )
+        .unwrap()
     }
 
     pub async fn agent(&self, extra: &[&str]) -> Agent {
