@@ -390,6 +390,16 @@ impl Inner {
     async fn load(&self, key: &CacheKey, token: TokenRef, subject: Subject) -> Shared {
         let result = self.eksauth.assume(&token.raw).await;
         let now = self.clock.now_ms();
+        // Credentials an SDK could not use are an error, never a 200.
+        let result = result.and_then(|issued| {
+            if issued.credentials.expiration_ms() <= now + MIN_REMAINING.as_millis() as u64 {
+                Err(EksAuthError::Expiring {
+                    margin: MIN_REMAINING,
+                })
+            } else {
+                Ok(issued)
+            }
+        });
         match result {
             Ok(issued) => {
                 let body = issued.credentials.to_body();
@@ -424,9 +434,7 @@ impl Inner {
                         subject,
                         association_id: issued.association_id,
                     };
-                    if entry.valid(now) {
-                        entries.insert(key.clone(), Arc::new(entry));
-                    }
+                    entries.insert(key.clone(), Arc::new(entry));
                 }
                 Ok((body, Outcome::Miss))
             }

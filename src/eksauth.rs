@@ -88,6 +88,17 @@ pub enum EksAuthError {
     Transport(Box<Sdk>),
     #[error("EKS Auth response is missing {0}")]
     Incomplete(&'static str),
+    /// A success status whose body is not an AssumeRoleForPodIdentity answer
+    /// (not JSON, wrong shape). Never passed through as a 200. The parser's
+    /// message is not kept: it can quote the body, which may hold secrets.
+    #[error(
+        "[{request_id}]: EKS Auth answered {status} with a body that is not a credential response"
+    )]
+    Unreadable { status: u16, request_id: String },
+    /// The credentials EKS Auth issued are already expired or expire within
+    /// the serving margin: an SDK could not use them.
+    #[error("fetched credentials are expired or will expire within the next {} seconds", .margin.as_secs())]
+    Expiring { margin: Duration },
 }
 
 impl EksAuthError {
@@ -98,6 +109,8 @@ impl EksAuthError {
             EksAuthError::Timeout(_) => "Timeout",
             EksAuthError::Transport(_) => "Transport",
             EksAuthError::Incomplete(_) => "IncompleteResponse",
+            EksAuthError::Unreadable { .. } => "UnreadableResponse",
+            EksAuthError::Expiring { .. } => "ExpiringCredentials",
         }
     }
 
@@ -203,6 +216,14 @@ fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
 
 fn classify(err: Sdk) -> EksAuthError {
     match &err {
+        // A 2xx that failed to deserialize surfaces as an unhandled service
+        // error carrying the success status.
+        SdkError::ServiceError(service) if service.raw().status().is_success() => {
+            EksAuthError::Unreadable {
+                status: service.raw().status().as_u16(),
+                request_id: err.request_id().unwrap_or_default().to_owned(),
+            }
+        }
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let meta = service.err().meta();

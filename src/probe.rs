@@ -44,8 +44,9 @@ impl Probes {
         keys: Option<Arc<KeyStore>>,
         deadline: Duration,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(deadline));
+        // No connect timeout of its own: a connect that hangs (SYNs dropped)
+        // must run into the shared deadline and answer 408, as upstream does.
+        let connector = HttpConnector::new();
         Self {
             deadline,
             targets: RwLock::new(targets),

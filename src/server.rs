@@ -96,7 +96,9 @@ impl RequestError {
                 }
                 EksAuthError::Timeout(_)
                 | EksAuthError::Transport(_)
-                | EksAuthError::Incomplete(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                | EksAuthError::Incomplete(_)
+                | EksAuthError::Unreadable { .. }
+                | EksAuthError::Expiring { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -224,9 +226,12 @@ impl Agent {
 impl Handler for Agent {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
-        self.metrics.in_flight.inc();
-        let result = self.credentials(&req, peer).await;
-        self.metrics.in_flight.dec();
+        let result = {
+            // hyper drops this future when the client hangs up mid-request;
+            // the guard keeps the gauge right either way.
+            let _in_flight = InFlight::enter(&self.metrics.in_flight);
+            self.credentials(&req, peer).await
+        };
         let (resp, outcome) = match result {
             Ok((body, outcome)) => (json_response(body), outcome.as_str()),
             Err(err) => {
@@ -260,6 +265,22 @@ impl Handler for Agent {
         }
         debug!(%peer, status = status.as_u16(), outcome, latency_us = took.as_micros() as u64, "credential request");
         resp
+    }
+}
+
+/// Counts a request in `pod_identity_requests_in_flight` until dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

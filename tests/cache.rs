@@ -177,6 +177,10 @@ async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
         "20 s left: still served"
     );
     clock.advance(Duration::from_secs(6));
+    // The emulator's clock is the wall clock: give the next credential room
+    // beyond the agent's advanced clock.
+    w.emulator
+        .set_credential_lifetime(Duration::from_secs(3600));
     assert_ne!(
         akid(&agent.creds(&t).await),
         first,

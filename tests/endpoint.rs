@@ -252,6 +252,93 @@ async fn incomplete_answers_are_500() {
     }
 }
 
+/// Credentials an SDK could not use are never a 200, and never cached.
+#[tokio::test]
+async fn expired_or_expiring_credentials_are_500_and_not_cached() {
+    let w = World::start().await;
+    let agent = w.agent(&["--eks-auth-max-attempts", "1"]).await;
+    let t = w.token("default", "app", "p");
+    for (lifetime_s, calls) in [(-60, 2), (0, 4), (15, 6)] {
+        w.emulator.set_faults(Faults {
+            credential_lifetime_s: Some(lifetime_s),
+            ..Default::default()
+        });
+        for _ in 0..2 {
+            let r = agent.creds(&t).await;
+            assert_eq!(r.status, 500, "lifetime {lifetime_s}s: {}", r.body);
+            assert_eq!(
+                r.body,
+                "fetched credentials are expired or will expire within the next 15 seconds\n"
+            );
+            assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        }
+        assert_eq!(w.emulator.calls(), calls, "nothing was cached");
+    }
+    w.emulator.set_faults(Faults {
+        credential_lifetime_s: Some(60),
+        ..Default::default()
+    });
+    assert_eq!(agent.creds(&t).await.status, 200);
+}
+
+/// A 2xx from EKS Auth whose body is not an answer is an error status, never
+/// a 200 without the JSON document.
+#[tokio::test]
+async fn a_success_status_without_a_credential_document_is_500() {
+    use pod_identity_agent::emulator::RawResponse;
+    for (content_type, body) in [
+        (Some("text/html"), "<html><body>OK</body></html>"),
+        (Some("application/json"), "{\"credentials\":"),
+        (Some("application/json"), "[]"),
+        (None, "not json"),
+    ] {
+        let r = eks_error(Faults {
+            raw_response: Some(RawResponse {
+                status: 200,
+                content_type: content_type.map(str::to_owned),
+                body: body.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(r.status, 500, "{body}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    }
+}
+
+/// A client that hangs up mid-request does not leave the request counted.
+#[tokio::test]
+async fn in_flight_gauge_survives_clients_that_hang_up() {
+    use tokio::io::AsyncWriteExt;
+    let w = World::start().await;
+    w.emulator.set_faults(Faults {
+        latency_ms: 600_000,
+        ..Default::default()
+    });
+    let agent = w.agent(&[]).await;
+    let t = w.token("default", "app", "p");
+    let mut conn = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /v1/credentials HTTP/1.1\r\nHost: 169.254.170.23\r\nAuthorization: {t}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    w.emulator.calls_started(1).await;
+    assert_eq!(agent.metrics.in_flight.get(), 1);
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(30), || agent.metrics.in_flight.get()
+            == 0)
+        .await,
+        "in-flight gauge stuck at {}",
+        agent.metrics.in_flight.get()
+    );
+}
+
 #[tokio::test]
 async fn unreachable_and_slow_eks_auth_are_500() {
     let w = World::start().await;
@@ -319,6 +406,15 @@ async fn probes_follow_upstream_semantics() {
         500,
         "a listener that does not answer 404 fails"
     );
+    // SYNs dropped: the connect itself runs into the deadline, which is a
+    // 408 like any other timeout (a connect timeout must not turn it into 500).
+    let blackhole = Blackhole::new();
+    let p = Probes::with_deadline(
+        vec![agent.addr, blackhole.addr],
+        None,
+        Duration::from_millis(500),
+    );
+    assert_eq!(p.healthy().await.as_u16(), 408, "blackholed bind address");
     // Accepts connections but never answers: the shared deadline expires.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let p = Probes::with_deadline(

@@ -701,49 +701,97 @@ async fn mutated_tokens_are_never_accepted() {
     for t in &valid {
         assert!(gate.admit(t, now_secs()).await.unwrap().verified);
     }
+    // Fixed seeds: a failure names its seed and round, and reruns exactly.
+    const SEEDS: [u64; 4] = [
+        0x9E37_79B9_7F4A_7C15,
+        0xD1B5_4A32_D192_ED03,
+        0x8CB9_2BA7_2F3D_8DD7,
+        0x2545_F491_4F6C_DD1D,
+    ];
+    let mut tried = 0;
+    for seed in SEEDS {
+        let mut rng = Mutator::new(seed);
+        for round in 0..1000 {
+            let base = valid[round % valid.len()].as_bytes();
+            let m = rng.mutate(base);
+            if m == base {
+                continue;
+            }
+            tried += 1;
+            let Ok(s) = String::from_utf8(m) else {
+                continue;
+            };
+            if let Ok(admitted) = gate.admit(&s, now_secs()).await {
+                panic!(
+                    "seed {seed:#x} round {round}: mutation admitted (verified={}): {s}",
+                    admitted.verified
+                );
+            }
+        }
+    }
+    assert!(tried > 3500, "only {tried} distinct mutations");
+}
+
+/// Deterministic byte-level token mutations (xorshift64). Never panics:
+/// every index is taken modulo a non-zero length.
+struct Mutator(u64);
+
+impl Mutator {
     const ALPHABET: &[u8] =
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
-    let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ now_secs() as u64;
-    let mut next = move || {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        rng_state
-    };
-    let mut tried = 0;
-    for round in 0..4000 {
-        let base = valid[round % valid.len()].as_bytes();
+
+    fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn byte(&mut self) -> u8 {
+        Self::ALPHABET[self.below(Self::ALPHABET.len())]
+    }
+
+    fn mutate(&mut self, base: &[u8]) -> Vec<u8> {
         let mut m = base.to_vec();
-        for _ in 0..(1 + next() % 3) {
-            match next() % 4 {
-                0 => {
-                    let i = (next() as usize) % m.len();
-                    m[i] = ALPHABET[(next() as usize) % ALPHABET.len()];
+        for _ in 0..1 + self.below(3) {
+            match (self.below(4), m.is_empty()) {
+                (_, true) | (2, false) => {
+                    let i = self.below(m.len() + 1);
+                    let b = self.byte();
+                    m.insert(i, b);
                 }
-                1 => {
-                    let i = (next() as usize) % m.len();
+                (0, false) => {
+                    let i = self.below(m.len());
+                    m[i] = self.byte();
+                }
+                (1, false) => {
+                    let i = self.below(m.len());
                     m.remove(i);
                 }
-                2 => {
-                    let i = (next() as usize) % (m.len() + 1);
-                    m.insert(i, ALPHABET[(next() as usize) % ALPHABET.len()]);
-                }
-                _ => {
-                    let i = (next() as usize) % m.len();
-                    m.truncate(i.max(1));
+                (_, false) => {
+                    let keep = self.below(m.len()).max(1);
+                    m.truncate(keep);
                 }
             }
         }
-        if m == base {
-            continue;
-        }
-        tried += 1;
-        let Ok(s) = String::from_utf8(m) else {
-            continue;
-        };
-        if let Ok(admitted) = gate.admit(&s, now_secs()).await {
-            panic!("mutation admitted (verified={}): {s}", admitted.verified);
+        m
+    }
+}
+
+#[test]
+fn mutator_survives_tiny_inputs() {
+    let mut rng = Mutator::new(1);
+    for len in 0..4 {
+        for _ in 0..10_000 {
+            rng.mutate(&b"abc"[..len]);
         }
     }
-    assert!(tried > 3500);
 }

@@ -92,6 +92,23 @@ pub struct Faults {
     /// Leave this top-level field out of successful answers
     /// (`credentials`, `assumedRoleUser`): malformed-response tests.
     pub omit_field: Option<String>,
+    /// Credentials expire this many seconds after issue (may be negative);
+    /// overrides the configured lifetime.
+    pub credential_lifetime_s: Option<i64>,
+    /// Answer every call with exactly this response (after the SigV4 check):
+    /// non-JSON 2xx, empty/HTML/text error bodies, codes outside the model.
+    pub raw_response: Option<RawResponse>,
+}
+
+/// A response written as is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RawResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// Extra headers, e.g. `x-amzn-errortype`.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +144,8 @@ pub struct Emulator {
     bearer: RwLock<Option<String>>,
     base_url: RwLock<String>,
     calls: AtomicU64,
+    /// Calls started so far, for tests to await instead of sleeping.
+    started: tokio::sync::watch::Sender<u64>,
     successes: AtomicU64,
     key_requests: AtomicU64,
     access_key_ids: Mutex<Vec<String>>,
@@ -136,6 +155,7 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    raw: Option<Box<RawResponse>>,
 }
 
 fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -143,6 +163,7 @@ fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> Api
         status: StatusCode::from_u16(status).expect("static status"),
         code,
         message: message.into(),
+        raw: None,
     }
 }
 
@@ -196,6 +217,7 @@ impl Emulator {
             bearer: RwLock::new(None),
             base_url: RwLock::new(String::new()),
             calls: AtomicU64::new(0),
+            started: tokio::sync::watch::Sender::new(0),
             successes: AtomicU64::new(0),
             key_requests: AtomicU64::new(0),
             access_key_ids: Mutex::new(Vec::new()),
@@ -244,6 +266,12 @@ impl Emulator {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Resolves once `n` AssumeRoleForPodIdentity calls have started.
+    pub async fn calls_started(&self, n: u64) {
+        let mut rx = self.started.subscribe();
+        let _ = rx.wait_for(|started| *started >= n).await;
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             calls: self.calls(),
@@ -259,6 +287,7 @@ impl Emulator {
         cluster: String,
     ) -> Result<serde_json::Value, ApiError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.started.send_modify(|n| *n += 1);
         let faults = self.faults.read().expect("emulator lock").clone();
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -281,6 +310,12 @@ impl Emulator {
             if !seen.contains(&akid) {
                 seen.push(akid);
             }
+        }
+        if let Some(raw) = faults.raw_response {
+            return Err(ApiError {
+                raw: Some(Box::new(raw)),
+                ..api_error(500, "InternalServerException", "")
+            });
         }
         if let Some(code) = &faults.force_error {
             return Err(error_for_code(code));
@@ -389,7 +424,12 @@ impl Emulator {
                     identity.namespace, identity.service_account
                 ))
             })?;
-        let lifetime = *self.credential_lifetime.read().expect("emulator lock");
+        let lifetime_s = faults.credential_lifetime_s.unwrap_or_else(|| {
+            self.credential_lifetime
+                .read()
+                .expect("emulator lock")
+                .as_secs() as i64
+        });
         let role_name = assoc.role_arn.rsplit('/').next().unwrap_or("role");
         let pod = identity.pod_name.clone().unwrap_or_default();
         let cluster_name = cluster.clone();
@@ -411,7 +451,7 @@ impl Emulator {
                 "sessionToken": fake_session_token(),
                 "secretAccessKey": STANDARD.encode(rand::random::<[u8; 30]>()),
                 "accessKeyId": format!("ASIA{}", random_upper(16)),
-                "expiration": now + lifetime.as_secs() as i64,
+                "expiration": now + lifetime_s,
             },
         });
         if let (Some(field), Some(obj)) = (&faults.omit_field, answer.as_object_mut()) {

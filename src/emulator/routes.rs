@@ -29,6 +29,25 @@ fn json_body(status: StatusCode, v: &impl Serialize) -> HttpResponse {
     resp
 }
 
+fn raw_body(raw: super::RawResponse) -> HttpResponse {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(raw.body)));
+    *resp.status_mut() = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
+    let headers = raw
+        .content_type
+        .map(|ct| ("content-type".to_owned(), ct))
+        .into_iter()
+        .chain(raw.headers);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
 /// A JSON request body, or the 400 to answer.
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
@@ -54,6 +73,7 @@ impl Handler for Emulator {
                 let request_id = uuid();
                 let mut resp = match self.assume(req, cluster).await {
                     Ok(v) => json_body(StatusCode::OK, &v),
+                    Err(super::ApiError { raw: Some(raw), .. }) => raw_body(*raw),
                     Err(e) => {
                         let mut r =
                             json_body(e.status, &json!({"__type": e.code, "message": e.message}));

@@ -333,3 +333,50 @@ impl BinaryAgent {
         .await
     }
 }
+
+/// An address on loopback whose SYNs are dropped, so a connect hangs (a
+/// blackholed EKS Auth or bind address): a listener with a zero backlog
+/// whose one queue slot is taken and never accepted.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: std::os::fd::OwnedFd,
+    _filler: std::net::TcpStream,
+}
+
+impl Blackhole {
+    pub fn new() -> Self {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen,
+            socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, 0),
+        )
+        .unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let local: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+        let addr = SocketAddr::from((local.ip(), local.port()));
+        // Fills the accept queue; later SYNs are dropped (tcp_conn_request
+        // drops on a full accept queue, syncookies or not).
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        Self {
+            addr,
+            _listener: fd,
+            _filler: filler,
+        }
+    }
+}
+
+impl Default for Blackhole {
+    fn default() -> Self {
+        Self::new()
+    }
+}
