@@ -32,12 +32,6 @@ pub enum Command {
     Server(ServerArgs),
     /// Create the pod-id-link0 link, its addresses and routes (privileged).
     Initialize(InitializeArgs),
-    /// Run issuer, EKS Auth emulator and agent on 127.0.0.1, no AWS account needed.
-    Demo(DemoArgs),
-    /// Mint a projected-ServiceAccount-like token from a demo/emulator signing key.
-    MintToken(MintTokenArgs),
-    /// Run the EKS Auth emulator and token issuer alone (tests, benchmarks).
-    Emulator(EmulatorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -217,71 +211,6 @@ pub struct VerifyArgs {
     /// Verified tokens remembered so they are not verified again.
     #[arg(long, default_value_t = 20_000)]
     pub verified_token_cache_size: u64,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    /// Port for the agent (0 = any free port).
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
-    /// Keep running until Ctrl-C (default). With --once, print and exit after a self-check.
-    #[arg(long)]
-    pub once: bool,
-    /// Directory for the demo token file (default: a temporary directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct MintTokenArgs {
-    /// PEM (PKCS#8) RSA private key of the issuer (as written by `emulator --key-file`).
-    #[arg(long)]
-    pub key_file: PathBuf,
-    #[arg(long, default_value = "https://oidc.eks.local.example/id/DEMO")]
-    pub issuer: String,
-    #[arg(long, default_value = "default")]
-    pub namespace: String,
-    #[arg(long, default_value = "demo-sa")]
-    pub service_account: String,
-    #[arg(long, default_value = "demo-pod")]
-    pub pod: String,
-    /// Pod UID (random when omitted).
-    #[arg(long)]
-    pub pod_uid: Option<String>,
-    #[arg(long, default_value = "pods.eks.amazonaws.com")]
-    pub audience: String,
-    /// Token lifetime.
-    #[arg(long, default_value = "22h", value_parser = parse_duration)]
-    pub lifetime: Duration,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: std::net::SocketAddr,
-    /// Issuer signing key (PKCS#8 PEM); generated and written here if missing.
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
-    /// Issuer URL put in tokens (default: the emulator's own http URL).
-    #[arg(long)]
-    pub issuer: Option<String>,
-    /// Association `namespace/serviceaccount=roleArn`; repeatable.
-    #[arg(long = "association")]
-    pub associations: Vec<String>,
-    /// Lifetime of issued credentials.
-    #[arg(long, default_value = "6h", value_parser = parse_duration)]
-    pub credential_lifetime: Duration,
-    /// Added latency on every AssumeRoleForPodIdentity call.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub latency: Duration,
-    /// Write `listen=<url>` and the token of a sample pod here once ready.
-    #[arg(long)]
-    pub ready_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 /// `server` flags for an agent on 127.0.0.1 (the demo, tests): any free

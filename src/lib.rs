@@ -1,42 +1,40 @@
 //! A node-local credential agent for EKS Pod Identity, compatible with the
 //! upstream Go agent (aws/eks-pod-identity-agent v0.1.37).
 //!
-//! Request path: [`server`] (endpoint, statuses) → [`ratelimit`] →
-//! [`verify`] (token admission, [`token`] parsing, [`jwks`] keys) → [`cache`]
-//! → [`eksauth`] → [`credentials`] (wire form).
+//! The request path reads in four modules: [`endpoint`] (checks, statuses)
+//! → [`verify`] (token admission) → [`cache`] → [`eksauth`].
 //!
-//! - [`cli`]: subcommands and flags (upstream names and defaults).
-//! - [`server`]: the `/v1/credentials` endpoint, assembly, binding, drain.
-//! - [`serve`]: hardened HTTP/1 serving shared by every listener.
-//! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
-//! - [`ratelimit`]: global and per-client token buckets.
-//! - [`token`]: JWT parsing and keyless claim checks.
-//! - [`verify`]: admission: keyless checks, signature verification.
+//! - [`app`]: the `server` subcommand assembled: build, bind, run, drain.
+//! - [`endpoint`]: `/v1/credentials`, its errors and their one status function.
+//! - [`verify`]: admission: keyless checks, signature verification, the memo.
+//! - [`token`]: JWT parsing with upstream's (golang-jwt's) rules and messages.
 //! - [`memo`]: the admitted-token memo (a token is checked once, not per request).
-//! - [`jwks`]: signing-key sources, rotation, last-known-good copy.
+//! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
+//! - [`serve`]: hardened HTTP/1 serving shared by every listener.
+//! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
+//! - [`ratelimit`]: global and per-client token buckets.
 //! - [`rotating`]: `--rotate-credentials`, the re-read shared credentials file.
-//! - [`metrics`]: Prometheus registry.
+//! - [`metrics`]: the Prometheus registry.
 //! - [`logging`]: tracing setup that keeps secrets out of logs.
-//! - [`clock`]: injectable wall clock.
+//! - [`cli`]: subcommands and flags (upstream names and defaults).
+//! - [`clock`]: the injectable wall clock.
 //! - [`duration`]: Go-style duration flags.
-//! - [`issuer`], [`emulator`], [`demo`]: the embedded token issuer, EKS Auth
-//!   emulator and the no-AWS demo.
 //!
-//! Node init (`initialize`) lives in the separate `pod-identity-init` crate.
+//! Node init (`initialize`) lives in the separate `pod-identity-init` crate;
+//! the token issuer, EKS Auth emulator and demo in the `testkit` crate.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod credentials;
-pub mod demo;
 pub mod duration;
 pub mod eksauth;
-pub mod emulator;
-pub mod issuer;
+pub mod endpoint;
 pub mod jwks;
 pub mod logging;
 pub mod memo;
@@ -45,6 +43,5 @@ pub mod probe;
 pub mod ratelimit;
 pub mod rotating;
 pub mod serve;
-pub mod server;
 pub mod token;
 pub mod verify;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use pod_identity_agent::app;
 use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE};
-use pod_identity_agent::{demo, emulator, issuer, logging, server};
+use pod_identity_agent::logging;
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -23,20 +24,14 @@ fn main() -> ExitCode {
         }
     };
     let log = match &cli.command {
-        Command::Server(a) => a.log.clone(),
-        Command::Initialize(a) => a.log.clone(),
-        Command::Demo(a) => a.log.clone(),
-        Command::Emulator(a) => a.log.clone(),
-        Command::MintToken(_) => pod_identity_agent::cli::LogArgs {
-            verbosity: "warn".into(),
-            log_format: pod_identity_agent::cli::LogFormat::Text,
-        },
+        Command::Server(a) => &a.log,
+        Command::Initialize(a) => &a.log,
     };
-    if let Err(e) = logging::init(&log) {
+    if let Err(e) = logging::init(log) {
         eprintln!("{e}");
         return ExitCode::from(EXIT_USAGE as u8);
     }
-    pod_identity_agent::server::raise_fd_limit();
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,16 +48,16 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Server(args) => {
-            let opts = server::Options::new(args.clone());
-            let built = match server::build(opts).await {
-                Ok(b) => b,
+            let opts = app::Options::new(args.clone());
+            let assembled = match app::build(opts).await {
+                Ok(a) => a,
                 Err(e) => return fail(e),
             };
-            let listeners = match server::bind(&args).await {
+            let listeners = match app::bind(&args).await {
                 Ok(l) => l,
                 Err(e) => return fail(e),
             };
-            server::run(built, listeners, server::shutdown_signal()).await;
+            app::run(assembled, listeners, app::shutdown_signal()).await;
             ExitCode::SUCCESS
         }
         Command::Initialize(args) => match pod_identity_init::run(&args.init).await {
@@ -79,43 +74,6 @@ async fn dispatch(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo(args) => match demo::run(args, server::shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
-        Command::MintToken(args) => {
-            let pem = match std::fs::read_to_string(&args.key_file) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("reading {}: {e}", args.key_file.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            let issuer = match issuer::Issuer::from_pem(&args.issuer, &pem) {
-                Ok(i) => i,
-                Err(e) => return fail(e),
-            };
-            let mut spec =
-                issuer::TokenSpec::pod(&args.namespace, &args.service_account, &args.pod);
-            if let Some(uid) = args.pod_uid {
-                spec.pod_uid = uid;
-            }
-            spec.audience = vec![args.audience];
-            spec.lifetime = args.lifetime;
-            match issuer.mint(&spec) {
-                Ok(t) => {
-                    println!("{t}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Emulator(args) => {
-            match emulator::run_standalone(args, server::shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
-            }
-        }
     }
 }
 
@@ -123,4 +81,15 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     error!(error = %e, "fatal");
     eprintln!("error: {e}");
     ExitCode::FAILURE
+}
+
+/// Raises the soft open-files limit to the hard limit (as the Go runtime
+/// does), so `--max-connections` is not capped by a low default of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }

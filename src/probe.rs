@@ -22,8 +22,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
-use crate::serve::{Handler, HttpResponse};
-use crate::server::text_response;
+use crate::serve::{Handler, HttpResponse, text_response};
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 

@@ -2,11 +2,13 @@
 //! bucket (1000/s, burst 500 → 429 `Too Many Requests`) plus one bucket per
 //! client IP, checked first, so a pod in a retry loop (botocore retries every
 //! non-200 three times) spends its own budget, not its neighbours'.
+//!
+//! Time is the caller's (`now_ms`, from the injected clock), so tests move
+//! it instead of sleeping; a clock that steps back only delays refills.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
@@ -23,21 +25,21 @@ impl Rate {
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    last: Instant,
+    last_ms: u64,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Self {
+    fn full(rate: Rate, now_ms: u64) -> Self {
         Self {
             tokens: rate.burst.max(1) as f64,
-            last: now,
+            last_ms: now_ms,
         }
     }
 
-    fn take(&mut self, rate: Rate, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+    fn take(&mut self, rate: Rate, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst.max(1) as f64);
-        self.last = now;
+        self.last_ms = self.last_ms.max(now_ms);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -53,6 +55,16 @@ pub enum Limited {
     Client,
 }
 
+impl Limited {
+    /// The `limit` label of `pod_identity_rate_limited_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limited::Global => "global",
+            Limited::Client => "client",
+        }
+    }
+}
+
 const SHARDS: usize = 16;
 /// Per-shard size at which idle (refilled) client buckets are dropped.
 const PRUNE_AT: usize = 4096;
@@ -65,8 +77,9 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// Buckets start full.
     pub fn new(global: Rate, client: Rate) -> Self {
-        let now = Instant::now();
+        let now = 0;
         Self {
             global_rate: global,
             client_rate: client,
@@ -75,8 +88,7 @@ impl RateLimiter {
         }
     }
 
-    pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
-        let now = Instant::now();
+    pub fn check(&self, client: IpAddr, now: u64) -> Result<(), Limited> {
         if self.client_rate.enabled() {
             let shard = &self.clients[shard_of(&client)];
             let mut map = shard.lock().expect("rate limiter lock poisoned");
@@ -140,12 +152,12 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(rl.check(a), Ok(()));
+            assert_eq!(rl.check(a, 0), Ok(()));
         }
-        assert_eq!(rl.check(a), Err(Limited::Client));
-        assert_eq!(rl.check(a), Err(Limited::Client));
+        assert_eq!(rl.check(a, 0), Err(Limited::Client));
+        assert_eq!(rl.check(a, 0), Err(Limited::Client));
         assert_eq!(
-            rl.check(b),
+            rl.check(b, 0),
             Ok(()),
             "refused requests of a spend no global tokens"
         );
@@ -159,7 +171,7 @@ mod tests {
         };
         let rl = RateLimiter::new(off, off);
         for _ in 0..10_000 {
-            assert_eq!(rl.check("10.0.0.1".parse().unwrap()), Ok(()));
+            assert_eq!(rl.check("10.0.0.1".parse().unwrap(), 0), Ok(()));
         }
     }
 }

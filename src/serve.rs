@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -44,6 +46,21 @@ impl Default for ConnLimits {
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A `text/plain` response: every error body and probe answer.
+pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
 
 /// A request handler: the peer address and the request in, a response out.
 pub trait Handler: Send + Sync + 'static {
@@ -105,7 +122,7 @@ impl<H: Handler> Server<H> {
             Err(_) => {
                 warn!(
                     grace_ms = grace.as_millis() as u64,
-                    "drain ran over its grace period; closing remaining connections"
+                    "drain ran over its grace period; giving up on the connections still open"
                 );
                 false
             }

@@ -140,7 +140,7 @@ pub enum TokenError {
     #[error("Service account token cannot be empty")]
     Empty,
     #[error("Service account token cannot be parsed: token is malformed: {0}")]
-    Malformed(&'static str),
+    Malformed(String),
     #[error("Service account token failed basic claim validations: token is expired")]
     Expired,
     #[error("Service account token failed basic claim validations: token is not valid yet")]
@@ -160,21 +160,21 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed(
-            "token contains an invalid number of segments",
+            "token contains an invalid number of segments".into(),
         ));
     };
     let header_json = URL_SAFE_NO_PAD
         .decode(h)
-        .map_err(|_| TokenError::Malformed("could not base64 decode header"))?;
+        .map_err(|_| TokenError::Malformed("could not base64 decode header".into()))?;
     let header: Header = serde_json::from_slice(&header_json)
-        .map_err(|_| TokenError::Malformed("could not JSON decode header"))?;
+        .map_err(|_| TokenError::Malformed("could not JSON decode header".into()))?;
     let claims_json = URL_SAFE_NO_PAD
         .decode(c)
-        .map_err(|_| TokenError::Malformed("could not base64 decode claim"))?;
+        .map_err(|_| TokenError::Malformed("could not base64 decode claim".into()))?;
     let claims: Claims = serde_json::from_slice(&claims_json)
-        .map_err(|_| TokenError::Malformed("could not JSON decode claim"))?;
+        .map_err(|_| TokenError::Malformed("could not JSON decode claim".into()))?;
     if s.is_empty() && header.alg != "none" {
-        return Err(TokenError::Malformed("token signature is empty"));
+        return Err(TokenError::Malformed("token signature is empty".into()));
     }
     Ok(Parsed {
         header,
@@ -271,7 +271,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(&format!("{}.{}.c2ln", b64("{}"), b64("{}"))),
-            Err(TokenError::Malformed("could not JSON decode header"))
+            Err(TokenError::Malformed(m)) if m == "could not JSON decode header"
         ));
     }
 

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::cache::{CacheKey, Subject};
 use crate::cli::CacheScope;
-use crate::jwks::{KeyLookup, KeyStore};
+use crate::jwks::{self, KeyLookup, KeyStore};
 use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, Identity, Parsed, TokenError, TokenHash, Validity};
@@ -88,22 +88,11 @@ pub struct GateConfig {
 pub struct TokenGate {
     config: GateConfig,
     keys: Option<Arc<KeyStore>>,
-    /// Admitted tokens with the key-removal epoch they were verified under.
+    /// Admitted tokens with the key-store generation they were admitted under.
     memo: Memo<(u64, Arc<Admitted>)>,
     metrics: Arc<Metrics>,
     warned_no_keys: AtomicBool,
 }
-
-const ALLOWED_ALGS: &[(&str, Algorithm)] = &[
-    ("RS256", Algorithm::RS256),
-    ("RS384", Algorithm::RS384),
-    ("RS512", Algorithm::RS512),
-    ("PS256", Algorithm::PS256),
-    ("PS384", Algorithm::PS384),
-    ("PS512", Algorithm::PS512),
-    ("ES256", Algorithm::ES256),
-    ("ES384", Algorithm::ES384),
-];
 
 impl TokenGate {
     pub fn new(config: GateConfig, keys: Option<Arc<KeyStore>>, metrics: Arc<Metrics>) -> Self {
@@ -123,7 +112,7 @@ impl TokenGate {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
-        let epoch = self.keys.as_ref().map_or(0, |k| k.removal_epoch());
+        let epoch = self.keys.as_ref().map_or(0, |k| k.generation());
         if let Some((memo_epoch, admitted)) = self.memo.get(raw)
             && memo_epoch == epoch
         {
@@ -192,10 +181,7 @@ impl TokenGate {
         keys: &KeyStore,
         parsed: &Parsed<'_>,
     ) -> Result<Option<Identity>, VerifyError> {
-        let alg = ALLOWED_ALGS
-            .iter()
-            .find(|(name, _)| *name == parsed.header.alg)
-            .map(|(_, alg)| *alg)
+        let (alg, _) = jwks::algorithm(&parsed.header.alg)
             .ok_or_else(|| VerifyError::Algorithm(parsed.header.alg.clone()))?;
         let kid = parsed
             .header

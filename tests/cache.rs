@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use pod_identity_agent::clock::ManualClock;
-use pod_identity_agent::emulator::Faults;
-use pod_identity_agent::issuer::TokenSpec;
+use testkit::emulator::Faults;
+use testkit::issuer::TokenSpec;
 
 const OPEN: [&str; 4] = ["--rate-limit", "0", "--per-client-rate-limit", "0"];
 
@@ -39,7 +39,7 @@ fn akid(r: &Resp) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_1000_requests_over_50_identities_makes_50_calls() {
-    pod_identity_agent::server::raise_fd_limit();
+    raise_fd_limit();
     let w = World::start().await;
     w.emulator.set_faults(Faults {
         latency_ms: 200,
@@ -451,7 +451,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
                     hash,
                     token_ref,
                     &Subject::default(),
-                    pod_identity_agent::issuer::now_secs() as u64 * 1000,
+                    testkit::issuer::now_secs() as u64 * 1000,
                 )
                 .await
         })
@@ -465,7 +465,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             hash,
             token_ref,
             &Subject::default(),
-            pod_identity_agent::issuer::now_secs() as u64 * 1000,
+            testkit::issuer::now_secs() as u64 * 1000,
         )
         .await
         .unwrap();

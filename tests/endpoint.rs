@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pod_identity_agent::emulator::Faults;
-use pod_identity_agent::issuer::{TokenSpec, now_secs};
+use testkit::emulator::Faults;
+use testkit::issuer::{TokenSpec, now_secs};
 
 const ALLOWED: &str = "[127.0.0.1 169.254.170.23 fd00:ec2::23]";
 
@@ -285,7 +285,7 @@ async fn expired_or_expiring_credentials_are_500_and_not_cached() {
 /// a 200 without the JSON document.
 #[tokio::test]
 async fn a_success_status_without_a_credential_document_is_500() {
-    use pod_identity_agent::emulator::RawResponse;
+    use testkit::emulator::RawResponse;
     for (content_type, body) in [
         (Some("text/html"), "<html><body>OK</body></html>"),
         (Some("application/json"), "{\"credentials\":"),
@@ -408,7 +408,7 @@ async fn probes_follow_upstream_semantics() {
     );
     // SYNs dropped: the connect itself runs into the deadline, which is a
     // 408 like any other timeout (a connect timeout must not turn it into 500).
-    let blackhole = Blackhole::new();
+    let blackhole = Blackhole::new().unwrap();
     let p = Probes::with_deadline(
         vec![agent.addr, blackhole.addr],
         None,
@@ -430,7 +430,7 @@ async fn ipv4_bind_failure_is_fatal_ipv6_is_not() {
     let w = World::start().await;
     let mut args = w.agent_args(&["--ipv6-bind-wait", "300ms"]);
     args.bind_hosts = vec!["127.0.0.1".into(), "[fd00:ec2::99]".into()];
-    let listeners = pod_identity_agent::server::bind(&args).await.unwrap();
+    let listeners = pod_identity_agent::app::bind(&args).await.unwrap();
     assert_eq!(listeners.credential_addrs().len(), 1);
     assert_eq!(
         listeners.pending_v6.len(),
@@ -441,7 +441,7 @@ async fn ipv4_bind_failure_is_fatal_ipv6_is_not() {
 
     let mut args = w.agent_args(&[]);
     args.bind_hosts = vec!["192.0.2.77".into()];
-    let err = pod_identity_agent::server::bind(&args)
+    let err = pod_identity_agent::app::bind(&args)
         .await
         .err()
         .expect("IPv4 failure is fatal");

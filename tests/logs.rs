@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use pod_identity_agent::emulator::Faults;
 use serde_json::json;
+use testkit::emulator::Faults;
 
 async fn run_agent_and_collect(format: &str) {
     let w = World::start().await;
@@ -40,7 +40,7 @@ async fn run_agent_and_collect(format: &str) {
 
     let mut secrets: Vec<String> = vec![NODE_SECRET.into(), "NODE-SESSION-TOKEN-MARKER".into()];
     let mut tokens = Vec::new();
-    let pod_a = pod_identity_agent::issuer::TokenSpec::pod("default", "app", "pod-a");
+    let pod_a = testkit::issuer::TokenSpec::pod("default", "app", "pod-a");
     for _ in 0..2 {
         let t = w.spec_token(&pod_a);
         tokens.push(t.clone());

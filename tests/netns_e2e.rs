@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{bin, in_ci, is_root, skip};
+use common::{bin, in_ci, is_root, skip, testkit_bin};
 
 fn check(cmd: &mut Command) -> Output {
     let out = cmd
@@ -48,9 +48,9 @@ impl Netns {
     }
 
     /// A command run inside the namespace.
-    fn cmd(&self, program: &str) -> Command {
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
+        c.args(["netns", "exec", &self.0]).arg(program);
         c
     }
 
@@ -81,7 +81,7 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!(
             "pia-e2e-{}-{}",
             std::process::id(),
-            pod_identity_agent::issuer::uuid()
+            testkit::issuer::uuid()
         ));
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
@@ -155,7 +155,7 @@ fn node(ipv6: bool) -> Node {
     let key = dir.0.join("issuer.pem");
     let ready = dir.0.join("emulator.url");
     let emulator = Proc(
-        ns.cmd(bin())
+        ns.cmd(testkit_bin())
             .args(["emulator", "--listen", "127.0.0.1:0", "--key-file"])
             .arg(&key)
             .arg("--ready-file")
@@ -220,7 +220,7 @@ impl Node {
 
     fn token_file(&self, pod: &str) -> PathBuf {
         let out = check(
-            Command::new(bin())
+            Command::new(testkit_bin())
                 .args(["mint-token", "--key-file"])
                 .arg(&self.key)
                 .args([

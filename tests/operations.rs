@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pod_identity_agent::emulator::Faults;
+use testkit::emulator::Faults;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -240,7 +240,7 @@ async fn oversized_headers_get_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_do_not_delay_a_normal_request() {
-    pod_identity_agent::server::raise_fd_limit();
+    raise_fd_limit();
     let w = World::start().await;
     let agent = w.agent(&["--header-read-timeout", "2s"]).await;
     let mut held = Vec::new();

@@ -126,7 +126,7 @@ mod tempfile_path {
             let path = std::env::temp_dir().join(format!(
                 "pia-token-{}-{}",
                 std::process::id(),
-                pod_identity_agent::issuer::uuid()
+                testkit::issuer::uuid()
             ));
             std::fs::write(&path, contents).unwrap();
             Self { path }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
-use pod_identity_agent::emulator::Emulator;
-use pod_identity_agent::issuer::{Issuer, TokenSpec, now_secs};
 use serde_json::{Value, json};
+use testkit::emulator::{Emulator, RunningEmulator};
+use testkit::issuer::{Issuer, TokenSpec, now_secs};
 
 const PREFIX: &str = "Service account token failed verification: ";
 
@@ -22,7 +22,7 @@ fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "pia-verify-{}-{}",
         std::process::id(),
-        pod_identity_agent::issuer::uuid()
+        testkit::issuer::uuid()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
@@ -378,13 +378,13 @@ fn test_ca() -> (String, Arc<rustls::ServerConfig>) {
 
 /// The issuer's documents over HTTPS, served by a second emulator sharing
 /// the issuer.
-async fn https_keys(w: &World) -> (String, String, Arc<Emulator>, tokio::task::JoinHandle<()>) {
+async fn https_keys(w: &World) -> (String, String, Arc<Emulator>, RunningEmulator) {
     let (ca_pem, config) = test_ca();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let emu = Arc::new(Emulator::new(w.issuer.clone()));
     emu.set_base_url(&url);
-    let task = pod_identity_agent::emulator::serve_tls(emu.clone(), listener, config);
+    let task = RunningEmulator::start_tls(emu.clone(), listener, config);
     let ca = tmp("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
     (url, ca.display().to_string(), emu, task)
@@ -439,7 +439,7 @@ async fn https_issuer_with_a_test_ca() {
         503
     );
     assert_eq!(emu.stats().key_requests, 2);
-    task.abort();
+    task.stop().await;
 }
 
 #[tokio::test]
@@ -520,7 +520,7 @@ async fn apiserver_source_uses_the_service_account() {
         200,
         "the token file is re-read"
     );
-    task.abort();
+    task.stop().await;
 }
 
 #[tokio::test]

@@ -25,10 +25,10 @@ use pod_identity_agent::cache::{
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
-use pod_identity_agent::emulator::{Association, Emulator, RunningEmulator};
-use pod_identity_agent::issuer::{Issuer, TokenSpec};
 use pod_identity_agent::metrics::Metrics;
 use pod_identity_agent::token::TokenHash;
+use testkit::emulator::{Association, Emulator, RunningEmulator};
+use testkit::issuer::{Issuer, TokenSpec};
 
 const KEYS: usize = 10_000;
 

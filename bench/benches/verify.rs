@@ -23,11 +23,11 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
 use pod_identity_agent::cli::CacheScope;
-use pod_identity_agent::issuer::{Issuer, TokenSpec};
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
 use pod_identity_agent::token::TokenHash;
 use pod_identity_agent::verify::{GateConfig, TokenGate};
+use testkit::issuer::{Issuer, TokenSpec};
 
 const ISSUER: &str = "https://oidc.bench.example/id/BENCH";
 
@@ -89,10 +89,7 @@ fn admission(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
                 let admitted = gate
-                    .admit(
-                        black_box(&distinct[i]),
-                        pod_identity_agent::issuer::now_secs(),
-                    )
+                    .admit(black_box(&distinct[i]), testkit::issuer::now_secs())
                     .now_or_never()
                     .expect("admission does not wait once keys are loaded")
                     .expect("token admitted");
@@ -104,13 +101,13 @@ fn admission(c: &mut Criterion) {
     {
         let gate = gate(Some(store.clone()), 20_000, metrics.clone());
         let token = &distinct[0];
-        gate.admit(token, pod_identity_agent::issuer::now_secs())
+        gate.admit(token, testkit::issuer::now_secs())
             .now_or_never()
             .expect("ready")
             .expect("admitted");
         group.bench_function("verified_cached", |b| {
             b.iter(|| {
-                gate.admit(black_box(token), pod_identity_agent::issuer::now_secs())
+                gate.admit(black_box(token), testkit::issuer::now_secs())
                     .now_or_never()
                     .expect("ready")
                     .expect("admitted")
@@ -123,13 +120,10 @@ fn admission(c: &mut Criterion) {
         group.bench_function("unverified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                gate.admit(
-                    black_box(&distinct[i]),
-                    pod_identity_agent::issuer::now_secs(),
-                )
-                .now_or_never()
-                .expect("ready")
-                .expect("admitted")
+                gate.admit(black_box(&distinct[i]), testkit::issuer::now_secs())
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("admitted")
             })
         });
     }

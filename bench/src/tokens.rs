@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use pod_identity_agent::issuer::{Issuer, IssuerError, TokenSpec};
+use testkit::issuer::{Issuer, IssuerError, TokenSpec};
 
 pub const NAMESPACE: &str = "bench";
 pub const SERVICE_ACCOUNT: &str = "app";

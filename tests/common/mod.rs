@@ -1,7 +1,7 @@
 //! Shared test support: a real issuer + EKS Auth emulator + agent on
 //! 127.0.0.1:0, and a raw HTTP/1.1 client that sends exactly the headers a
 //! test asks for (no implicit Host).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
+use pod_identity_agent::app;
 use pod_identity_agent::cli::{ServerArgs, loopback_server};
 use pod_identity_agent::clock::SharedClock;
-use pod_identity_agent::emulator::{Association, Emulator, RunningEmulator};
-use pod_identity_agent::issuer::{Issuer, TokenSpec};
-use pod_identity_agent::server;
+use testkit::emulator::{Association, Emulator, RunningEmulator};
+use testkit::issuer::{Issuer, TokenSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,7 +91,7 @@ impl World {
     }
 
     pub async fn agent_with(&self, args: ServerArgs, clock: Option<SharedClock>) -> Agent {
-        let mut opts = server::Options::new(args.clone());
+        let mut opts = app::Options::new(args.clone());
         if let Some(c) = clock {
             opts.clock = c;
         }
@@ -118,17 +118,17 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub async fn start(opts: server::Options) -> Self {
+    pub async fn start(opts: app::Options) -> Self {
         let args = opts.args.clone();
-        let built = server::build(opts).await.unwrap();
+        let built = app::build(opts).await.unwrap();
         let cache = built.cache.clone();
         let metrics = built.metrics.clone();
-        let listeners = server::bind(&args).await.unwrap();
+        let listeners = app::bind(&args).await.unwrap();
         let addr = listeners.credential_addrs()[0];
         let probe = listeners.probe_addr();
         let metrics_addr = listeners.metrics_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(server::run(built, listeners, async {
+        let task = tokio::spawn(app::run(built, listeners, async {
             let _ = rx.await;
         }));
         Self {
@@ -262,6 +262,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_eks-pod-identity-agent")
 }
 
+/// The `testkit` binary (emulator, mint-token): built beside the agent's by
+/// `cargo test --workspace`, because the testkit package's own tests need it.
+pub fn testkit_bin() -> std::path::PathBuf {
+    let path = std::path::Path::new(bin()).with_file_name("testkit");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -334,49 +346,15 @@ impl BinaryAgent {
     }
 }
 
-/// An address on loopback whose SYNs are dropped, so a connect hangs (a
-/// blackholed EKS Auth or bind address): a listener with a zero backlog
-/// whose one queue slot is taken and never accepted.
-pub struct Blackhole {
-    pub addr: SocketAddr,
-    _listener: std::os::fd::OwnedFd,
-    _filler: std::net::TcpStream,
-}
+pub use testkit::net::Blackhole;
 
-impl Blackhole {
-    pub fn new() -> Self {
-        use nix::sys::socket::{
-            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, getsockname, listen,
-            socket,
-        };
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &SockaddrIn::new(127, 0, 0, 1, 0),
-        )
-        .unwrap();
-        listen(&fd, Backlog::new(0).unwrap()).unwrap();
-        let local: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
-        let addr = SocketAddr::from((local.ip(), local.port()));
-        // Fills the accept queue; later SYNs are dropped (tcp_conn_request
-        // drops on a full accept queue, syncookies or not).
-        let filler = std::net::TcpStream::connect(addr).unwrap();
-        Self {
-            addr,
-            _listener: fd,
-            _filler: filler,
-        }
-    }
-}
-
-impl Default for Blackhole {
-    fn default() -> Self {
-        Self::new()
+/// Raises the open-files soft limit to the hard limit (the binary does this
+/// at start; in-process agents under a storm need it too).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

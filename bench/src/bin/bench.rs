@@ -37,12 +37,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use pod_identity_agent::issuer::Issuer;
 use pod_identity_bench::client::{self, Conn, credential_request};
 use pod_identity_bench::procs::{Child, Placement};
 use pod_identity_bench::stats::{fmt_dur, fmt_ns, fmt_us, mib, percentile, ratio, thousands};
 use pod_identity_bench::tokens::{self, pod_spec};
 use serde::Deserialize;
+use testkit::issuer::Issuer;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type R<T> = Result<T, Error>;

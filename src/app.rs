@@ -1,44 +1,29 @@
-//! The `server` subcommand: the pod-facing credential endpoint and the
-//! assembly of everything behind it.
+//! The `server` subcommand as an application: assembles the endpoint and
+//! everything behind it from the flags ([`build`]), binds the listeners
+//! ([`bind`]), serves until a shutdown future resolves and drains ([`run`]).
 //!
-//! Endpoint contract (upstream v0.1.37 statuses and messages; bodies are
-//! `text/plain` and end in a newline unless JSON):
-//! - path other than `/v1/credentials` → 404; method other than GET → 405;
-//! - rate limited (per client IP, then global) → 429 `Too Many Requests`;
-//! - `Host` (port and `[]` stripped) not an allowed host → 403
-//!   `Access Denied. Called agent through invalid address, please use either [<hosts>] address not <host>`;
-//! - token = raw `Authorization` header; empty, unparsable, expired,
-//!   not-yet-valid, wrong audience or (with keys) unverifiable → 400;
-//! - EKS Auth error → its status, `[<request-id>]: (<Code>): <message>, fault: client|server`;
-//!   EKS Auth unreachable or timed out → 500;
-//! - success → 200 `application/json`, see [`crate::credentials`].
+//! Shutdown is an argument, so tests start and stop real servers on
+//! 127.0.0.1:0; the binary passes [`shutdown_signal`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
-use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Method, StatusCode};
-use http_body_util::Full;
-use hyper::Request;
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::cache::{CacheConfig, CredentialCache, FetchError, TokenRef};
+use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
-use crate::eksauth::{EksAuth, EksAuthConfig, EksAuthError};
-use crate::jwks::{JwksError, KeyStore, KeyStoreConfig, resolve_source};
+use crate::eksauth::{EksAuth, EksAuthConfig};
+use crate::endpoint::CredentialEndpoint;
+use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
 use crate::metrics::Metrics;
 use crate::probe::{Admin, Probes};
-use crate::ratelimit::{Limited, Rate, RateLimiter};
-use crate::serve::{ConnLimits, Handler, HttpResponse, Server};
-use crate::verify::{AdmitError, GateConfig, TokenGate};
-
-pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+use crate::ratelimit::{Rate, RateLimiter};
+use crate::serve::{ConnLimits, Server};
+use crate::verify::{GateConfig, TokenGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -60,228 +45,6 @@ pub enum ServerError {
     Jwks(#[from] JwksError),
     #[error("invalid --allowed-hosts: empty")]
     NoAllowedHosts,
-}
-
-/// Why one credential request failed. [`RequestError::status`] is the only
-/// place statuses are decided.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("404 page not found")]
-    NotFound,
-    #[error("Method Not Allowed")]
-    Method,
-    #[error("Too Many Requests")]
-    RateLimited(Limited),
-    #[error(
-        "Access Denied. Called agent through invalid address, please use either {allowed} address not {host}"
-    )]
-    Host { host: String, allowed: Arc<str> },
-    #[error(transparent)]
-    Admit(#[from] AdmitError),
-    #[error(transparent)]
-    EksAuth(FetchError),
-}
-
-impl RequestError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            RequestError::NotFound => StatusCode::NOT_FOUND,
-            RequestError::Method => StatusCode::METHOD_NOT_ALLOWED,
-            RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            RequestError::Host { .. } => StatusCode::FORBIDDEN,
-            RequestError::Admit(_) => StatusCode::BAD_REQUEST,
-            RequestError::EksAuth(err) => match err.as_ref() {
-                EksAuthError::Service { status, .. } => {
-                    StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-                }
-                EksAuthError::Timeout(_)
-                | EksAuthError::Transport(_)
-                | EksAuthError::Incomplete(_)
-                | EksAuthError::Unreadable { .. }
-                | EksAuthError::Expiring { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-        }
-    }
-
-    fn response(&self) -> HttpResponse {
-        let mut resp = text_response(self.status(), format!("{self}\n"));
-        if matches!(self, RequestError::Method) {
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
-        }
-        resp
-    }
-}
-
-pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
-    let mut resp = hyper::Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.headers_mut().insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
-}
-
-fn json_response(body: Bytes) -> HttpResponse {
-    let mut resp = hyper::Response::new(Full::new(body));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// `Host` without port and IPv6 brackets, lowercased.
-pub fn host_only(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        // A bare IPv6 address has several colons and no port.
-        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-/// The credential endpoint.
-pub struct Agent {
-    allowed_hosts: Vec<String>,
-    allowed_display: Arc<str>,
-    gate: TokenGate,
-    cache: CredentialCache,
-    limiter: RateLimiter,
-    clock: SharedClock,
-    metrics: Arc<Metrics>,
-    /// Per-request series resolved once (`with_label_values` hashes and locks).
-    ok_responses: prometheus::IntCounter,
-    hit_latency: prometheus::Histogram,
-}
-
-impl Agent {
-    async fn credentials(
-        &self,
-        req: &Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<(Bytes, crate::cache::Outcome), RequestError> {
-        if req.uri().path() != CREDENTIALS_PATH {
-            return Err(RequestError::NotFound);
-        }
-        self.limiter
-            .check(peer.ip())
-            .map_err(RequestError::RateLimited)?;
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .unwrap_or_default();
-        let bare = host_only(host);
-        if !self
-            .allowed_hosts
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(bare))
-        {
-            return Err(RequestError::Host {
-                host: bare.to_owned(),
-                allowed: self.allowed_display.clone(),
-            });
-        }
-        if req.method() != Method::GET {
-            return Err(RequestError::Method);
-        }
-        // httparse already refused control characters in header values; UTF-8
-        // validation (vectorized) is all that is left, and anything not
-        // base64url fails parsing on first sight.
-        let token = match req.headers().get(AUTHORIZATION) {
-            None => "",
-            Some(v) => std::str::from_utf8(v.as_bytes()).map_err(|_| {
-                AdmitError::Token(crate::token::TokenError::Malformed(
-                    "token is not valid UTF-8",
-                ))
-            })?,
-        };
-        let now_ms = self.clock.now_ms();
-        let admitted = self.gate.admit(token, (now_ms / 1000) as i64).await?;
-        let token_ref = || TokenRef {
-            raw: admitted.raw.clone(),
-            hash: admitted.hash,
-            expires: admitted.validity.expires,
-        };
-        self.cache
-            .get(
-                &admitted.key,
-                admitted.hash,
-                token_ref,
-                &admitted.subject,
-                now_ms,
-            )
-            .await
-            .map_err(RequestError::EksAuth)
-    }
-}
-
-impl Handler for Agent {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        let started = Instant::now();
-        let result = {
-            // hyper drops this future when the client hangs up mid-request;
-            // the guard keeps the gauge right either way.
-            let _in_flight = InFlight::enter(&self.metrics.in_flight);
-            self.credentials(&req, peer).await
-        };
-        let (resp, outcome) = match result {
-            Ok((body, outcome)) => (json_response(body), outcome.as_str()),
-            Err(err) => {
-                if let RequestError::RateLimited(which) = &err {
-                    let limit = match which {
-                        Limited::Global => "global",
-                        Limited::Client => "client",
-                    };
-                    self.metrics.rate_limited.with_label_values(&[limit]).inc();
-                }
-                (err.response(), "error")
-            }
-        };
-        let status = resp.status();
-        let took = started.elapsed();
-        if status == StatusCode::OK {
-            self.ok_responses.inc();
-        } else {
-            self.metrics
-                .http_response
-                .with_label_values(&[status.as_str()])
-                .inc();
-        }
-        if outcome == "hit" {
-            self.hit_latency.observe(took.as_secs_f64());
-        } else {
-            self.metrics
-                .request_duration
-                .with_label_values(&[outcome])
-                .observe(took.as_secs_f64());
-        }
-        debug!(%peer, status = status.as_u16(), outcome, latency_us = took.as_micros() as u64, "credential request");
-        resp
-    }
-}
-
-/// Counts a request in `pod_identity_requests_in_flight` until dropped.
-struct InFlight<'a>(&'a prometheus::IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// Everything `server` needs besides its flags; tests inject a clock and
@@ -308,21 +71,25 @@ impl Options {
 }
 
 /// The assembled agent, not yet listening.
-pub struct Built {
-    pub agent: Arc<Agent>,
+pub struct App {
+    pub endpoint: Arc<CredentialEndpoint>,
     pub keys: Option<Arc<KeyStore>>,
     pub cache: CredentialCache,
     pub metrics: Arc<Metrics>,
     args: ServerArgs,
 }
 
-pub async fn build(opts: Options) -> Result<Built, ServerError> {
+pub async fn build(opts: Options) -> Result<App, ServerError> {
     let Options {
         args,
         clock,
         credentials,
         env,
     } = opts;
+    // Flag errors before any network work (key loading can take seconds).
+    if args.allowed_hosts.is_empty() {
+        return Err(ServerError::NoAllowedHosts);
+    }
     let metrics = Arc::new(Metrics::new());
     let credentials = match credentials {
         Some(c) => Some(c),
@@ -352,7 +119,7 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
         env,
     )?;
     let issuer = v.token_issuer.clone().or_else(|| match &source {
-        Some(crate::jwks::KeySource::Issuer { url }) => Some(url.clone()),
+        Some(KeySource::Issuer { url }) => Some(url.clone()),
         _ => None,
     });
     let keys = match source {
@@ -361,7 +128,7 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
             // In-cluster, the API server's CA is the mounted ServiceAccount's.
             let ca_file = match (&source, &v.jwks_ca_file) {
                 (_, Some(ca)) => Some(ca.clone()),
-                (crate::jwks::KeySource::ApiServer { sa_dir, .. }, None) => {
+                (KeySource::ApiServer { sa_dir, .. }, None) => {
                     Some(sa_dir.join("ca.crt")).filter(|p| p.exists())
                 }
                 _ => None,
@@ -404,21 +171,11 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
         clock.clone(),
         metrics.clone(),
     );
-    if args.allowed_hosts.is_empty() {
-        return Err(ServerError::NoAllowedHosts);
-    }
-    let allowed_hosts: Vec<String> = args
-        .allowed_hosts
-        .iter()
-        .map(|h| host_only(h).to_ascii_lowercase())
-        .collect();
-    let allowed_display = format!("[{}]", allowed_hosts.join(" ")).into();
-    let agent = Arc::new(Agent {
-        allowed_hosts,
-        allowed_display,
+    let endpoint = Arc::new(CredentialEndpoint::new(
+        &args.allowed_hosts,
         gate,
-        cache: cache.clone(),
-        limiter: RateLimiter::new(
+        cache.clone(),
+        RateLimiter::new(
             Rate {
                 per_second: args.rate_limit,
                 burst: args.rate_limit_burst,
@@ -429,12 +186,10 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
             },
         ),
         clock,
-        ok_responses: metrics.http_response.with_label_values(&["200"]),
-        hit_latency: metrics.request_duration.with_label_values(&["hit"]),
-        metrics: metrics.clone(),
-    });
-    Ok(Built {
-        agent,
+        metrics.clone(),
+    ));
+    Ok(App {
+        endpoint,
         keys,
         cache,
         metrics,
@@ -442,7 +197,7 @@ pub async fn build(opts: Options) -> Result<Built, ServerError> {
     })
 }
 
-/// Bound sockets. IPv6 hosts that could not be bound yet are in `pending`.
+/// Bound sockets. IPv6 hosts that could not be bound yet are in `pending_v6`.
 pub struct Listeners {
     pub credentials: Vec<TcpListener>,
     pub pending_v6: Vec<SocketAddr>,
@@ -552,17 +307,17 @@ pub async fn bind(args: &ServerArgs) -> Result<Listeners, ServerError> {
 /// Serves until `shutdown` resolves, then drains (bounded by
 /// `--drain-timeout`). Returns whether the drain finished in time.
 pub async fn run(
-    built: Built,
+    app: App,
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> bool {
-    let Built {
-        agent,
+    let App {
+        endpoint,
         keys,
         cache,
         metrics,
         args,
-    } = built;
+    } = app;
     let limits = ConnLimits {
         max_connections: args.max_connections,
         header_read_timeout: args.header_read_timeout,
@@ -570,7 +325,7 @@ pub async fn run(
     };
     let maintenance = cache.spawn_maintenance(Duration::from_secs(5));
     let probes = Arc::new(Probes::new(listeners.credential_addrs(), keys.clone()));
-    let server = Server::new(agent, limits.clone(), Some(metrics.clone()));
+    let server = Server::new(endpoint, limits.clone(), Some(metrics.clone()));
     for l in listeners.credentials {
         server.add_listener(l);
     }
@@ -648,31 +403,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
-}
-
-/// Raises the soft open-files limit to the hard limit (as the Go runtime
-/// does), so `--max-connections` is not capped by a low default of 1024.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_forms() {
-        assert_eq!(host_only("169.254.170.23"), "169.254.170.23");
-        assert_eq!(host_only("169.254.170.23:80"), "169.254.170.23");
-        assert_eq!(host_only("[fd00:ec2::23]"), "fd00:ec2::23");
-        assert_eq!(host_only("[fd00:ec2::23]:80"), "fd00:ec2::23");
-        assert_eq!(host_only("fd00:ec2::23"), "fd00:ec2::23");
-        assert_eq!(host_only("localhost:8080"), "localhost");
     }
 }

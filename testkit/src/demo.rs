@@ -10,10 +10,12 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::net::TcpListener;
 
-use crate::cli::{DemoArgs, loopback_server};
+use pod_identity_agent::app::{self, Options, ServerError};
+use pod_identity_agent::cli::loopback_server;
+
+use crate::cli::DemoArgs;
 use crate::emulator::{Association, Emulator, RunningEmulator};
 use crate::issuer::{Issuer, TokenSpec};
-use crate::server::{self, Options};
 
 pub const DEMO_CLUSTER: &str = "demo-cluster";
 pub const DEMO_ACCESS_KEY_ID: &str = "AKIDDEMONODEFAKE0001";
@@ -26,7 +28,7 @@ pub enum DemoError {
     #[error(transparent)]
     Issuer(#[from] crate::issuer::IssuerError),
     #[error(transparent)]
-    Server(#[from] server::ServerError),
+    Server(#[from] ServerError),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -77,8 +79,8 @@ pub async fn run(
         None,
         "demo",
     )));
-    let built = server::build(opts).await?;
-    let listeners = server::bind(&server_args).await?;
+    let built = app::build(opts).await?;
+    let listeners = app::bind(&server_args).await?;
     let agent_addr = listeners.credential_addrs()[0];
     let probe_addr = listeners.probe_addr();
     let metrics_addr = listeners.metrics_addr();
@@ -99,7 +101,7 @@ pub async fn run(
     })?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(server::run(built, listeners, async {
+    let agent = tokio::spawn(app::run(built, listeners, async {
         let _ = stop_rx.await;
     }));
 

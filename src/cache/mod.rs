@@ -3,8 +3,7 @@
 //!
 //! Invariants:
 //! - A credential is served only to a request whose key equals the key it was
-//!   fetched under. Keys derive from verified identities or from the exact
-//!   token ([`CacheKey::for_request`]); never from unverified claims.
+//!   fetched under ([`key`]: verified identity or exact token).
 //! - A credential is served only while it has more than [`MIN_REMAINING`]
 //!   left and, unless EKS Auth is failing recoverably, for at most the
 //!   retention (`--max-credential-retention-before-renewal`) after its fetch.
@@ -13,6 +12,11 @@
 //!   woken by a `watch` channel (no polling).
 //! - Expiry, renewal and refresh decisions read the injected [`Clock`]; moka
 //!   only bounds the number of entries.
+
+mod entry;
+mod key;
+
+pub use key::{CacheKey, Subject, TokenRef};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -23,76 +27,15 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::cli::CacheScope;
 use crate::clock::SharedClock;
 use crate::eksauth::{EksAuth, EksAuthError};
 use crate::metrics::Metrics;
-use crate::token::{Identity, TokenHash};
+use crate::token::TokenHash;
+use entry::{Entry, backoff, tag};
 
 /// Credentials with this little left are neither stored nor served from the
 /// cache (upstream's 15 s): an SDK needs time to use them.
 pub const MIN_REMAINING: Duration = Duration::from_secs(15);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum CacheKey {
-    /// Unverified token: only byte-equal tokens share a credential.
-    Token(TokenHash),
-    /// Verified token: one credential per pod (the agent serves one cluster).
-    Pod {
-        namespace: Arc<str>,
-        service_account: Arc<str>,
-        pod_uid: Arc<str>,
-    },
-    /// Verified token, `--cache-scope service-account`.
-    ServiceAccount {
-        namespace: Arc<str>,
-        service_account: Arc<str>,
-    },
-}
-
-impl CacheKey {
-    /// The only place keys are made. `identity` must come from a verified
-    /// signature; without one the key is the token itself.
-    pub fn for_request(hash: TokenHash, identity: Option<&Identity>, scope: CacheScope) -> Self {
-        match (identity, scope) {
-            (Some(id), CacheScope::ServiceAccount) => CacheKey::ServiceAccount {
-                namespace: id.namespace.as_str().into(),
-                service_account: id.service_account.as_str().into(),
-            },
-            (
-                Some(Identity {
-                    namespace,
-                    service_account,
-                    pod_uid: Some(uid),
-                    ..
-                }),
-                CacheScope::Pod,
-            ) => CacheKey::Pod {
-                namespace: namespace.as_str().into(),
-                service_account: service_account.as_str().into(),
-                pod_uid: uid.as_str().into(),
-            },
-            _ => CacheKey::Token(hash),
-        }
-    }
-}
-
-/// Who is asking, for logs only (may come from unverified claims).
-#[derive(Debug, Clone, Default)]
-pub struct Subject {
-    pub namespace: Option<Arc<str>>,
-    pub service_account: Option<Arc<str>>,
-    pub pod: Option<Arc<str>>,
-}
-
-/// A token the cache may use to fetch or refresh.
-#[derive(Clone)]
-pub struct TokenRef {
-    pub raw: Arc<str>,
-    pub hash: TokenHash,
-    /// Token `exp` in epoch seconds: a token past it cannot refresh.
-    pub expires: Option<i64>,
-}
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -123,39 +66,13 @@ impl Outcome {
 
 pub type FetchError = Arc<EksAuthError>;
 
-struct Entry {
-    body: Bytes,
-    expires_ms: u64,
-    /// Served until then; moved forward only while EKS Auth fails recoverably.
-    renew_at_ms: AtomicU64,
-    refresh_at_ms: AtomicU64,
-    /// Read by a request since it was (re)fetched: only such entries are
-    /// refreshed ahead, so pods that stopped asking age out (upstream #171).
-    read: AtomicBool,
-    failures: AtomicU32,
-    /// First bytes of `token.hash`, checked without the lock on every hit.
-    token_tag: AtomicU64,
-    token: Mutex<TokenRef>,
-    subject: Subject,
-    association_id: Option<String>,
-}
-
-impl Entry {
-    fn servable(&self, now_ms: u64) -> bool {
-        now_ms < self.renew_at_ms.load(Ordering::Relaxed) && self.valid(now_ms)
-    }
-
-    fn valid(&self, now_ms: u64) -> bool {
-        now_ms + (MIN_REMAINING.as_millis() as u64) < self.expires_ms
-    }
-}
-
-type Shared = Result<(Bytes, Outcome), FetchError>;
+/// What one fetch gives every request that waited for it.
+type FetchResult = Result<(Bytes, Outcome), FetchError>;
 
 struct Inner {
     entries: Option<moka::sync::Cache<CacheKey, Arc<Entry>>>,
     negative: Option<moka::sync::Cache<TokenHash, (u64, FetchError)>>,
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
+    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<FetchResult>>>>,
     eksauth: EksAuth,
     clock: SharedClock,
     config: CacheConfig,
@@ -194,8 +111,7 @@ impl CredentialCache {
         }
     }
 
-    /// Credentials for `key`, from the cache or from EKS Auth.
-    /// Credentials for `key` at `now_ms`. `token` is called only on a miss
+    /// Credentials for `key` at `now_ms`, from the cache or from EKS Auth. `token` is called only on a miss
     /// or a token rotation, so hits allocate nothing; the miss path is boxed
     /// to keep the hit path's future small.
     pub async fn get(
@@ -237,7 +153,7 @@ impl CredentialCache {
 
     /// One EKS Auth call per key at a time; everyone asking meanwhile waits
     /// for its result.
-    async fn fetch_shared(&self, key: CacheKey, token: TokenRef, subject: Subject) -> Shared {
+    async fn fetch_shared(&self, key: CacheKey, token: TokenRef, subject: Subject) -> FetchResult {
         let (mut rx, joined) = {
             let mut inflight = self.inner.inflight.lock().expect("inflight lock poisoned");
             match inflight.get(&key) {
@@ -387,7 +303,7 @@ impl CredentialCache {
 }
 
 impl Inner {
-    async fn load(&self, key: &CacheKey, token: TokenRef, subject: Subject) -> Shared {
+    async fn load(&self, key: &CacheKey, token: TokenRef, subject: Subject) -> FetchResult {
         let result = self.eksauth.assume(&token.raw).await;
         let now = self.clock.now_ms();
         // Credentials an SDK could not use are an error, never a 200.
@@ -512,52 +428,5 @@ impl Inner {
                 Ok((stale.body.clone(), Outcome::Stale))
             }
         }
-    }
-}
-
-fn tag(hash: &TokenHash) -> u64 {
-    u64::from_le_bytes(
-        hash.0[..8]
-            .try_into()
-            .expect("a SHA-256 digest has 8 bytes"),
-    )
-}
-
-/// Exponential from 5 s to 5 min, with up to +50 % jitter.
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(5).saturating_mul(1 << failures.saturating_sub(1).min(6));
-    base.min(Duration::from_secs(300))
-        .mul_f64(1.0 + 0.5 * rand::random::<f64>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_never_come_from_unverified_claims() {
-        let hash = TokenHash::of("t");
-        assert_eq!(
-            CacheKey::for_request(hash, None, CacheScope::ServiceAccount),
-            CacheKey::Token(hash)
-        );
-        let id = Identity {
-            namespace: "ns".into(),
-            service_account: "sa".into(),
-            pod_name: Some("p".into()),
-            pod_uid: None,
-        };
-        assert_eq!(
-            CacheKey::for_request(hash, Some(&id), CacheScope::Pod),
-            CacheKey::Token(hash),
-            "a verified token without a pod uid falls back to the token"
-        );
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert!(backoff(1) >= Duration::from_secs(5) && backoff(1) <= Duration::from_millis(7500));
-        assert!(backoff(30) <= Duration::from_secs(450));
-        assert!(backoff(30) >= Duration::from_secs(300));
     }
 }

@@ -1,7 +1,8 @@
 //! Token issuer: mints tokens shaped like kube-apiserver's projected
 //! ServiceAccount tokens and publishes its keys like kube-apiserver
 //! (`/.well-known/openid-configuration`, `/openid/v1/jwks`). Used by the
-//! demo, the emulator, the tests and the benchmarks.
+//! demo, the emulator, the agent's tests and the benchmarks. Signing uses
+//! aws-lc-rs directly; nothing here comes from the agent crate.
 //!
 //! Keys are RSA-2048 (RS256) by default, ES256 on request; the `kid` is
 //! base64url(SHA-256(SubjectPublicKeyInfo DER)) like kube-apiserver's. The
@@ -23,8 +24,10 @@ use serde_json::{Value, json};
 pub enum IssuerError {
     #[error("key generation failed")]
     Generate,
+    #[error("private key PEM is not base64: {0}")]
+    Pem(#[source] base64::DecodeError),
     #[error("invalid private key: {0}")]
-    BadKey(String),
+    BadKey(#[source] aws_lc_rs::error::KeyRejected),
     #[error("signing failed")]
     Sign,
 }
@@ -130,16 +133,9 @@ impl TokenSpec {
     }
 }
 
+/// A random (v4) UUID, as Kubernetes uses for uids and `jti`.
 pub fn uuid() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 pub fn now_secs() -> i64 {
@@ -173,10 +169,8 @@ impl Issuer {
             .filter(|l| !l.starts_with("-----"))
             .collect::<Vec<_>>()
             .concat();
-        let der = STANDARD
-            .decode(body.trim())
-            .map_err(|e| IssuerError::BadKey(e.to_string()))?;
-        let pair = RsaKeyPair::from_pkcs8(&der).map_err(|e| IssuerError::BadKey(e.to_string()))?;
+        let der = STANDARD.decode(body.trim()).map_err(IssuerError::Pem)?;
+        let pair = RsaKeyPair::from_pkcs8(&der).map_err(IssuerError::BadKey)?;
         Ok(Self {
             url: url.into(),
             keys: RwLock::new(vec![SigningKey::from_rsa(pair)?]),

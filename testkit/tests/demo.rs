@@ -1,11 +1,12 @@
-//! The README's first command: `demo` prints a curl line and SDK settings
-//! that work as printed, with no AWS account.
-
-mod common;
+//! The README's first command (`cargo run --release -p testkit -- demo`):
+//! the demo prints a curl line and SDK settings that work as printed, with
+//! no AWS account.
 
 use std::time::Duration;
 
-use common::bin;
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_testkit")
+}
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]

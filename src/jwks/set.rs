@@ -1,0 +1,181 @@
+//! A JSON Web Key Set (RFC 7517) as kube-apiserver and OIDC issuers publish
+//! it, reduced to the keys that can verify a projected ServiceAccount token.
+//!
+//! Wire: `{"keys":[{"kty":"RSA","kid":..,"alg":"RS256","use":"sig","n":..,"e":..},
+//! {"kty":"EC","crv":"P-256","kid":..,"x":..,"y":..}, ..]}`. Keys that cannot
+//! verify a token (`oct`, `use: enc`, unknown `alg`, no `kid`, malformed
+//! components) are skipped, not fatal: one odd key must not take the others
+//! down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+
+use super::JwksError;
+
+/// Key type an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    EcP256,
+    EcP384,
+}
+
+/// The only algorithms a token may use, by JOSE name: asymmetric, and never
+/// `none` or HS*. Shared by key parsing and token verification, so the two
+/// cannot disagree.
+pub const ALGORITHMS: &[(&str, Algorithm, KeyType)] = &[
+    ("RS256", Algorithm::RS256, KeyType::Rsa),
+    ("RS384", Algorithm::RS384, KeyType::Rsa),
+    ("RS512", Algorithm::RS512, KeyType::Rsa),
+    ("PS256", Algorithm::PS256, KeyType::Rsa),
+    ("PS384", Algorithm::PS384, KeyType::Rsa),
+    ("PS512", Algorithm::PS512, KeyType::Rsa),
+    ("ES256", Algorithm::ES256, KeyType::EcP256),
+    ("ES384", Algorithm::ES384, KeyType::EcP384),
+];
+
+/// The allowed algorithm named `name`, with the key type it needs.
+pub fn algorithm(name: &str) -> Option<(Algorithm, KeyType)> {
+    ALGORITHMS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, alg, kt)| (*alg, *kt))
+}
+
+/// One verification key.
+pub struct Key {
+    pub kid: String,
+    /// The `alg` the key declares, or the family default (RS256 / ES256 / ES384).
+    pub alg: Algorithm,
+    pub decoding: DecodingKey,
+    /// SHA-256 over the key's type, algorithm and public components: equal
+    /// for the same key, different when a kid is reused for other material.
+    pub fingerprint: [u8; 32],
+}
+
+impl Key {
+    /// The token's `alg` must equal the key's.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        self.alg == alg
+    }
+}
+
+pub type Keys = HashMap<String, Arc<Key>>;
+
+#[derive(Deserialize)]
+struct JwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+}
+
+/// Parses a JWKS document into its usable keys, by kid.
+pub fn parse_jwks(doc: &[u8]) -> Result<Keys, JwksError> {
+    let set: JwkSet = serde_json::from_slice(doc).map_err(|source| JwksError::Json {
+        what: "JWKS".into(),
+        source,
+    })?;
+    let keys: Keys = set
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+        .filter_map(key_of)
+        .map(|key| (key.kid.clone(), Arc::new(key)))
+        .collect();
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys);
+    }
+    Ok(keys)
+}
+
+fn key_of(jwk: Jwk) -> Option<Key> {
+    let kid = jwk.kid.filter(|k| !k.is_empty())?;
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let declared = match jwk.alg.as_deref() {
+        Some(name) => Some(algorithm(name)?),
+        None => None,
+    };
+    let key_type = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("RSA", _) => KeyType::Rsa,
+        ("EC", Some("P-256")) => KeyType::EcP256,
+        ("EC", Some("P-384")) => KeyType::EcP384,
+        _ => return None,
+    };
+    let alg = match declared {
+        Some((alg, kt)) if kt == key_type => alg,
+        Some(_) => return None,
+        None => match key_type {
+            KeyType::Rsa => Algorithm::RS256,
+            KeyType::EcP256 => Algorithm::ES256,
+            KeyType::EcP384 => Algorithm::ES384,
+        },
+    };
+    let (a, b) = match key_type {
+        KeyType::Rsa => (jwk.n?, jwk.e?),
+        KeyType::EcP256 | KeyType::EcP384 => (jwk.x?, jwk.y?),
+    };
+    let decoding = match key_type {
+        KeyType::Rsa => DecodingKey::from_rsa_components(&a, &b),
+        KeyType::EcP256 | KeyType::EcP384 => DecodingKey::from_ec_components(&a, &b),
+    }
+    .ok()?;
+    let material = format!("{key_type:?}|{alg:?}|{a}|{b}");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(digest.as_ref());
+    Some(Key {
+        kid,
+        alg,
+        decoding,
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_unusable_keys() {
+        let doc = br#"{"keys":[
+            {"kty":"oct","kid":"h","k":"c2VjcmV0"},
+            {"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},
+            {"kty":"RSA","n":"AQAB","e":"AQAB"},
+            {"kty":"RSA","kid":"hs","alg":"HS256","n":"AQAB","e":"AQAB"},
+            {"kty":"EC","kid":"ec","crv":"P-256","alg":"ES384","x":"AQAB","y":"AQAB"}
+        ]}"#;
+        assert!(matches!(parse_jwks(doc), Err(JwksError::NoUsableKeys)));
+    }
+
+    #[test]
+    fn one_table_for_keys_and_tokens() {
+        for name in ["none", "HS256", "HS384", "HS512", "EdDSA", "rs256", ""] {
+            assert!(algorithm(name).is_none(), "{name}");
+        }
+        assert_eq!(algorithm("PS384"), Some((Algorithm::PS384, KeyType::Rsa)));
+    }
+}

@@ -1,0 +1,233 @@
+//! The key store: the current key set, its rotation, and the
+//! last-known-good copy on disk.
+//!
+//! Refetch rules: an unknown `kid` triggers at most one fetch per
+//! `--jwks-refetch-interval`; concurrent lookups queue on one async mutex and
+//! re-check the key set after it, so a storm of unknown kids makes one fetch.
+//! A periodic refresh picks up rotation without unknown kids. Every fetched
+//! set is written to `--jwks-cache-path` (atomically) and loaded from there
+//! at start when the source is unreachable.
+//!
+//! Invariant: [`KeyStore::generation`] changes whenever a token judged
+//! before could be judged differently now: the first key set loaded (tokens
+//! admitted unverified get checked), a kid removed, or a kid's key material
+//! or algorithm replaced. Admission re-checks remembered tokens when it moves.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::set::{Key, Keys, parse_jwks};
+use super::source::{Fetcher, KeySource};
+use super::{JwksError, KeyLookup};
+use crate::metrics::Metrics;
+
+pub struct KeyStoreConfig {
+    pub source: KeySource,
+    pub ca_file: Option<PathBuf>,
+    pub cache_path: Option<PathBuf>,
+    pub refetch_interval: Duration,
+}
+
+pub struct KeyStore {
+    fetcher: Fetcher,
+    cache_path: Option<PathBuf>,
+    refetch_interval: Duration,
+    keys: RwLock<Arc<Keys>>,
+    loaded: AtomicBool,
+    generation: AtomicU64,
+    /// Held while fetching; the time of the last fetch caused by an
+    /// unknown kid (periodic and initial loads do not count, so a key
+    /// published just after one is still fetched at once).
+    fetch_lock: tokio::sync::Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyStore {
+    pub fn new(config: KeyStoreConfig, metrics: Arc<Metrics>) -> Result<Self, JwksError> {
+        Ok(Self {
+            fetcher: Fetcher::new(config.source, config.ca_file.as_deref())?,
+            cache_path: config.cache_path,
+            refetch_interval: config.refetch_interval,
+            keys: RwLock::new(Arc::new(Keys::new())),
+            loaded: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// True once any key set was loaded (from the source or from disk).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// See the module invariant.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn current(&self) -> Arc<Keys> {
+        self.keys.read().expect("key lock poisoned").clone()
+    }
+
+    pub async fn lookup(&self, kid: &str) -> KeyLookup {
+        if let Some(k) = self.current().get(kid) {
+            return KeyLookup::Found(k.clone());
+        }
+        {
+            let mut last = self.fetch_lock.lock().await;
+            // Someone else may have fetched while we queued.
+            if let Some(k) = self.current().get(kid) {
+                return KeyLookup::Found(k.clone());
+            }
+            let recent = last.is_some_and(|t| t.elapsed() < self.refetch_interval);
+            if !recent {
+                *last = Some(Instant::now());
+                if let Err(err) = self.fetch_and_install().await {
+                    warn!(error = %err, "refetching signing keys for an unknown key id failed");
+                }
+            }
+        }
+        match self.current().get(kid) {
+            Some(k) => KeyLookup::Found(k.clone()),
+            None if self.loaded() => KeyLookup::Unknown,
+            None => KeyLookup::NoKeys,
+        }
+    }
+
+    /// First load at start: the source, else the last-known-good copy.
+    pub async fn initial_load(&self) -> Result<(), JwksError> {
+        let _guard = self.fetch_lock.lock().await;
+        let err = match self.fetch_and_install().await {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(path) = &self.cache_path else {
+            return Err(err);
+        };
+        let Ok(doc) = tokio::fs::read(path).await else {
+            return Err(err);
+        };
+        match parse_jwks(&doc) {
+            Ok(keys) => {
+                warn!(error = %err, path = %path.display(), keys = keys.len(),
+                    "key source unreachable; using the last-known-good keys");
+                self.install(keys);
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&[self.fetcher.source().label(), "persisted"])
+                    .inc();
+                Ok(())
+            }
+            Err(perr) => {
+                warn!(error = %perr, path = %path.display(), "last-known-good keys unreadable");
+                Err(err)
+            }
+        }
+    }
+
+    /// Periodic refresh: HTTP sources every `interval`, file sources when
+    /// their mtime changes (checked every `interval`).
+    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                store.refresh().await;
+            }
+        })
+    }
+
+    /// One periodic refresh (tests call it directly instead of waiting).
+    pub async fn refresh(&self) {
+        if self.fetcher.file_unchanged() {
+            return;
+        }
+        if !self.loaded() {
+            if let Err(err) = self.initial_load().await {
+                warn!(error = %err, "signing keys still unavailable");
+            }
+            return;
+        }
+        let _guard = self.fetch_lock.lock().await;
+        if let Err(err) = self.fetch_and_install().await {
+            warn!(error = %err, "refreshing signing keys failed; keeping the current ones");
+        }
+    }
+
+    async fn fetch_and_install(&self) -> Result<(), JwksError> {
+        let label = self.fetcher.source().label();
+        let result = self.fetcher.fetch().await.and_then(|doc| {
+            let keys = parse_jwks(&doc)?;
+            Ok((doc, keys))
+        });
+        match result {
+            Ok((doc, keys)) => {
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&[label, "ok"])
+                    .inc();
+                self.install(keys);
+                if let Some(path) = &self.cache_path
+                    && let Err(err) = persist(path, &doc).await
+                {
+                    warn!(error = %err, "could not persist last-known-good keys");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&[label, "error"])
+                    .inc();
+                Err(err)
+            }
+        }
+    }
+
+    fn install(&self, keys: Keys) {
+        let mut guard = self.keys.write().expect("key lock poisoned");
+        let same = |old: &Key| {
+            keys.get(&old.kid)
+                .is_some_and(|new| new.fingerprint == old.fingerprint)
+        };
+        let replaced: Vec<&str> = guard
+            .values()
+            .filter(|old| !same(old))
+            .map(|old| old.kid.as_str())
+            .collect();
+        let first = !self.loaded();
+        if first || !replaced.is_empty() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if !replaced.is_empty() {
+            warn!(kids = ?replaced, "signing keys removed or replaced; tokens verified with them are checked again");
+        }
+        let added = keys.keys().any(|kid| !guard.contains_key(kid));
+        if first || added || !replaced.is_empty() {
+            let mut kids: Vec<_> = keys.keys().cloned().collect();
+            kids.sort();
+            info!(?kids, "signing keys loaded");
+        }
+        self.metrics.jwks_keys.set(keys.len() as i64);
+        *guard = Arc::new(keys);
+        self.loaded.store(true, Ordering::Release);
+    }
+}
+
+async fn persist(path: &Path, doc: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::write(&tmp, doc).await?;
+    tokio::fs::rename(&tmp, path).await
+}

@@ -1,0 +1,18 @@
+//! Fakes for the pod identity agent's tests, benchmarks and demo. Nothing
+//! here ships in the agent's image, and nothing here parses or verifies a
+//! token with the agent's code: a fake that shared it would hide its bugs.
+//!
+//! - [`issuer`]: mints projected-ServiceAccount-shaped tokens and publishes
+//!   its keys like kube-apiserver.
+//! - [`emulator`]: EKS Auth `AssumeRoleForPodIdentity` on the real wire
+//!   protocol, with fault knobs and call events.
+//! - [`net`]: network fixtures (a blackholed address).
+//! - [`demo`]: issuer + emulator + agent on loopback, no AWS account.
+//! - [`cli`]: the `testkit` command line (`demo`, `emulator`, `mint-token`).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;
+pub mod emulator;
+pub mod issuer;
+pub mod net;
