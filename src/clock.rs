@@ -44,6 +44,11 @@ impl ManualClock {
         Arc::new(Self(AtomicU64::new(SystemClock.now_ms())))
     }
 
+    /// Starts at `ms` since the epoch.
+    pub fn at_ms(ms: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(ms)))
+    }
+
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }

@@ -43,21 +43,21 @@ impl<V: Clone> Memo<V> {
         }
     }
 
-    fn locate(&self, token: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
+    fn locate(&self, token: &[u8]) -> (u64, &RwLock<HashTable<Slot<V>>>) {
         let hash = self.hasher.hash_one(token);
         (hash, &self.shards[(hash >> 58) as usize % SHARDS])
     }
 
-    pub fn get(&self, token: &str) -> Option<V> {
+    pub fn get(&self, token: &[u8]) -> Option<V> {
         let (hash, shard) = self.locate(token);
         let table = shard.read().expect("memo lock poisoned");
         table
-            .find(hash, |s| s.hash == hash && &*s.token == token)
+            .find(hash, |s| s.hash == hash && s.token.as_bytes() == token)
             .map(|s| s.value.clone())
     }
 
     pub fn insert(&self, token: Arc<str>, expires: i64, value: V, now_secs: i64) {
-        let (hash, shard) = self.locate(&token);
+        let (hash, shard) = self.locate(token.as_bytes());
         let mut table = shard.write().expect("memo lock poisoned");
         if let Ok(mut existing) = table.find_entry(hash, |s| s.hash == hash && s.token == token) {
             existing.get_mut().value = value;
@@ -109,11 +109,11 @@ mod tests {
     fn only_byte_equal_tokens_match() {
         let m = Memo::new(100);
         m.insert("a.b.c".into(), 100, 1, 0);
-        assert_eq!(m.get("a.b.c"), Some(1));
-        assert_eq!(m.get("a.b.C"), None);
-        assert_eq!(m.get("a.b.c "), None);
+        assert_eq!(m.get(b"a.b.c"), Some(1));
+        assert_eq!(m.get(b"a.b.C"), None);
+        assert_eq!(m.get(b"a.b.c "), None);
         m.insert("a.b.c".into(), 100, 2, 0);
-        assert_eq!(m.get("a.b.c"), Some(2));
+        assert_eq!(m.get(b"a.b.c"), Some(2));
         assert_eq!(m.len(), 1);
     }
 

@@ -3,8 +3,10 @@
 //!
 //! Upstream semantics: `GET http://<bind address>/` on every credential
 //! listener must answer 404 within one shared 10 s deadline → 200; deadline
-//! → 408; anything else → 500 `Internal Server Error occurred`. Readiness
-//! additionally waits for signing keys when a key source is configured.
+//! → 408; anything else → 500 `Internal Server Error occurred`. With
+//! `--strict-verification`, readiness also waits for signing keys (without
+//! keys every token would be refused); otherwise tokens are forwarded to EKS
+//! Auth until keys load, and the agent is ready.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -99,14 +101,18 @@ impl Admin {
     }
 }
 
+/// Upstream's bodies: empty for 200 and 408, `Internal Server Error
+/// occurred` (no newline) for 500.
 fn probe_response(status: StatusCode) -> HttpResponse {
-    let body = match status {
-        StatusCode::OK => "ok\n",
-        StatusCode::REQUEST_TIMEOUT => "Request Timeout\n",
-        StatusCode::SERVICE_UNAVAILABLE => "signing keys not loaded yet\n",
-        _ => "Internal Server Error occurred\n",
-    };
-    text_response(status, body)
+    match status {
+        StatusCode::OK | StatusCode::REQUEST_TIMEOUT => {
+            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = status;
+            resp
+        }
+        StatusCode::SERVICE_UNAVAILABLE => text_response(status, "signing keys not loaded yet\n"),
+        _ => text_response(status, "Internal Server Error occurred"),
+    }
 }
 
 impl Handler for Admin {

@@ -47,10 +47,20 @@ pub struct World {
 impl World {
     /// Issuer + emulator with associations default/app and ns2/app2.
     pub async fn start() -> Self {
+        Self::start_with_clock(pod_identity_agent::clock::system()).await
+    }
+
+    /// The emulator's time (token expiry, credential expiration) follows
+    /// `clock`; give the agent the same clock.
+    pub async fn start_with_clock(clock: SharedClock) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let issuer = Arc::new(Issuer::generate(url).unwrap());
-        let emulator = Arc::new(Emulator::new(issuer.clone()).with_cluster(CLUSTER));
+        let emulator = Arc::new(
+            Emulator::new(issuer.clone())
+                .with_cluster(CLUSTER)
+                .with_clock(clock),
+        );
         emulator.associate(Association::new("default", "app", ROLE));
         emulator.associate(Association::new("ns2", "app2", ROLE));
         emulator.add_node_credentials(NODE_AKID, NODE_SECRET);
@@ -113,6 +123,8 @@ pub struct Agent {
     pub metrics_addr: SocketAddr,
     pub cache: pod_identity_agent::cache::CredentialCache,
     pub metrics: Arc<pod_identity_agent::metrics::Metrics>,
+    /// The key store, when the agent verifies tokens.
+    pub keys: Option<Arc<pod_identity_agent::jwks::KeyStore>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -123,6 +135,7 @@ impl Agent {
         let built = app::build(opts).await.unwrap();
         let cache = built.cache.clone();
         let metrics = built.metrics.clone();
+        let keys = built.keys.clone();
         let listeners = app::bind(&args).await.unwrap();
         let addr = listeners.credential_addrs()[0];
         let probe = listeners.probe_addr();
@@ -137,9 +150,19 @@ impl Agent {
             metrics_addr,
             cache,
             metrics,
+            keys,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// One periodic key refresh, now (instead of waiting for the timer).
+    pub async fn refresh_keys(&self) {
+        self.keys
+            .as_ref()
+            .expect("the agent verifies tokens")
+            .refresh()
+            .await;
     }
 
     /// Starts the drain; returns whether it finished within the grace period.
