@@ -63,9 +63,14 @@ impl Credentials {
     }
 
     /// The response body, built once and served from the cache as is.
+    /// `Expiration` has millisecond precision at most, trailing zeros
+    /// trimmed, as upstream prints the epoch seconds EKS Auth sends.
     pub fn to_body(&self) -> Bytes {
-        let expiration = self
-            .expiration
+        let millis = DateTime::from_secs_and_nanos(
+            self.expiration.secs(),
+            self.expiration.subsec_nanos() / 1_000_000 * 1_000_000,
+        );
+        let expiration = millis
             .fmt(Format::DateTime)
             .expect("epoch-second timestamps from EKS Auth are in RFC 3339 range");
         let wire = Wire {

@@ -530,8 +530,8 @@ impl Validity {
     }
 }
 
-/// exp / nbf (with leeway) and audience, all reported together. `exp` is
-/// optional as in upstream's validator; EKS Auth rejects tokens without one.
+/// exp / nbf (with leeway), then the audience. `exp` is optional as in
+/// upstream's validator; EKS Auth rejects tokens without one.
 pub fn check_basic(
     claims: &Claims,
     audience: &str,
@@ -542,10 +542,14 @@ pub fn check_basic(
         not_before: claims.nbf,
         expires: claims.exp,
     };
-    let mut failures = validity.failures(now_secs, leeway_secs);
-    failures.audience = !claims.aud.contains(audience);
-    if failures.any() {
-        return Err(TokenError::Claims(failures));
+    // Upstream checks no audience: its words for every token it refuses
+    // come first, and the audience (ours) is reported only when they pass.
+    validity.check(now_secs, leeway_secs)?;
+    if !claims.aud.contains(audience) {
+        return Err(TokenError::Claims(ClaimFailures {
+            audience: true,
+            ..ClaimFailures::default()
+        }));
     }
     Ok(validity)
 }
@@ -630,7 +634,7 @@ mod tests {
             .claims;
         assert_eq!(
             check_basic(&both, aud, 150, 0).unwrap_err().to_string(),
-            "Service account token failed basic claim validations: token is expired, token is not valid yet, token has invalid audience"
+            "Service account token failed basic claim validations: token is expired, token is not valid yet"
         );
     }
 }
