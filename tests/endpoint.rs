@@ -366,22 +366,19 @@ async fn unreachable_and_slow_eks_auth_are_500() {
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(r.body.starts_with("calling EKS Auth failed"), "{}", r.body);
 
+    // EKS Auth never answers in time: the 1 s attempt timeout, not the
+    // test's own deadline, ends the request.
     w.emulator.set_faults(Faults {
-        latency_ms: 1500,
+        latency_ms: 600_000,
         ..Default::default()
     });
     let agent = w.agent(&["--eks-auth-max-attempts", "1"]).await;
-    let started = std::time::Instant::now();
     let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(
         r.body.starts_with("calling EKS Auth timed out"),
         "{}",
         r.body
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(1450),
-        "the 1 s request timeout applies"
     );
 }
 

@@ -442,7 +442,8 @@ async fn connection_cap_closes_the_excess() {
     for _ in 0..5 {
         held.push(TcpStream::connect(agent.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open = agent.metrics.open_connections.clone();
+    assert!(eventually(Duration::from_secs(30), || open.get() == 5).await);
     let mut extra = TcpStream::connect(agent.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
@@ -452,7 +453,7 @@ async fn connection_cap_closes_the_excess() {
     assert_eq!(n, 0, "the sixth connection is closed at once");
     assert_eq!(agent.metrics.rejected_connections.get(), 1);
     drop(held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(eventually(Duration::from_secs(30), || open.get() == 0).await);
     assert_eq!(
         agent.creds(&w.token("default", "app", "p")).await.status,
         200
@@ -472,13 +473,12 @@ async fn drain_lets_in_flight_requests_finish() {
     let in_flight = tokio::spawn(async move {
         get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
+    w.emulator.calls_started(1).await;
+    let open = agent.metrics.open_connections.clone();
+    // True only once every connection ended: the in-flight one could end
+    // only by answering (it gets a 200) or by being cut (it would not).
     assert!(agent.stop().await, "drained within the grace period");
-    assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "the drain waited for the slow call"
-    );
+    assert_eq!(open.get(), 0);
     assert_eq!(in_flight.await.unwrap().status, 200);
     assert!(
         TcpStream::connect(addr).await.is_err(),
@@ -506,10 +506,12 @@ async fn drain_is_bounded() {
     let _stuck = tokio::spawn(async move {
         get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
-    assert!(!agent.stop().await, "reports the overrun");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    w.emulator.calls_started(1).await;
+    // The call takes 5 s; a drain that waited for it would report success.
+    assert!(
+        !agent.stop().await,
+        "gives up at the grace period and says so"
+    );
 }
 
 #[tokio::test]
@@ -535,7 +537,7 @@ async fn sigterm_drains_the_binary() {
     let in_flight = tokio::spawn(async move {
         get(addr, "/v1/credentials", Some("169.254.170.23"), Some(&t)).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.emulator.calls_started(1).await;
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
@@ -603,19 +605,17 @@ async fn rotate_credentials_rereads_the_shared_credentials_file() {
     };
     assert_eq!(ask("a").await, 200);
     write(akid2, "hybrid-secret-2");
-    let mut seen_new = false;
-    for i in 0..40 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(
-            ask(&format!("b{i}")).await,
-            200,
-            "signed with a key the emulator accepts"
-        );
-        if w.emulator.stats().access_key_ids.last().map(String::as_str) == Some(akid2) {
-            seen_new = true;
-            break;
+    let mut pod = 0;
+    let seen_new = eventually_async(Duration::from_secs(30), || {
+        pod += 1;
+        let request = ask(&format!("b{pod}"));
+        let emulator = w.emulator.clone();
+        async move {
+            assert_eq!(request.await, 200, "signed with a key the emulator accepts");
+            emulator.stats().access_key_ids.last().map(String::as_str) == Some(akid2)
         }
-    }
+    })
+    .await;
     assert!(seen_new, "the rotated key was picked up without a restart");
     let ids = w.emulator.stats().access_key_ids;
     assert_eq!(ids[0], akid1);

@@ -5,6 +5,10 @@
 //! binary (`src/bin/bench.rs`) parses the flags and runs them;
 //! `src/bin/baseline.rs` is the physical-limit server and `benches/` holds
 //! the criterion micro-benchmarks.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fakes and benchmarks stand in for the outside world and read its wall clock"
+)]
 
 pub mod client;
 pub mod ctx;

@@ -27,10 +27,14 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-/// Skips (returns true) outside CI; fails under CI.
+/// Skips (returns true) outside CI; fails under CI. The line goes to the
+/// process's stderr past the harness's capture, so `cargo test` shows
+/// `test <name> ... SKIPPED: <why>` without `--nocapture`.
 pub fn skip(why: &str) -> bool {
     assert!(!in_ci(), "cannot skip under CI=true: {why}");
-    eprintln!("SKIPPED: {why}");
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("test").to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "test {name} ... SKIPPED: {why}");
     true
 }
 
@@ -269,7 +273,9 @@ pub fn parse_response(buf: &[u8]) -> Resp {
     }
 }
 
-/// Polls `f` until it holds or `within` passes.
+/// Polls `f` until it holds or `within` passes. For conditions with no
+/// event to await; `within` only bounds a failure, it is never a timing
+/// assertion.
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -279,6 +285,22 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// [`eventually`] for a condition that needs to await (a request per poll).
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f().await
 }
 
 pub fn bin() -> &'static str {
