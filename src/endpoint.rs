@@ -221,13 +221,7 @@ impl CredentialEndpoint {
             expires: admitted.validity.expires,
         };
         self.cache
-            .get(
-                &admitted.key,
-                admitted.hash,
-                token_ref,
-                &admitted.subject,
-                now_ms,
-            )
+            .get(&admitted.key, admitted.hash, token_ref, now_ms)
             .await
             .map_err(RequestError::EksAuth)
     }

@@ -374,9 +374,7 @@ async fn errors_reach_every_waiter_with_one_call() {
 /// HTTP client may or may not cancel its handler).
 #[tokio::test]
 async fn cancelled_first_caller_does_not_fail_the_others() {
-    use pod_identity_agent::cache::{
-        CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
-    };
+    use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
     use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
     use pod_identity_agent::metrics::Metrics;
     use pod_identity_agent::token::TokenHash;
@@ -438,14 +436,13 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
         }
     };
     let first = {
-        let (cache, key, token_ref) = (cache.clone(), key.clone(), token_ref.clone());
+        let (cache, key, token_ref) = (cache.clone(), key, token_ref.clone());
         tokio::spawn(async move {
             cache
                 .get(
                     &key,
                     hash,
                     token_ref,
-                    &Subject::default(),
                     testkit::issuer::now_secs() as u64 * 1000,
                 )
                 .await
@@ -459,7 +456,6 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             &key,
             hash,
             token_ref,
-            &Subject::default(),
             testkit::issuer::now_secs() as u64 * 1000,
         )
         .await

@@ -19,9 +19,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use pod_identity_agent::cache::{
-    CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
-};
+use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
@@ -108,7 +106,6 @@ fn hit(c: &mut Criterion) {
                         hash,
                         expires: None,
                     },
-                    &Subject::default(),
                     SystemClock.now_ms(),
                 )
                 .await
@@ -118,7 +115,6 @@ fn hit(c: &mut Criterion) {
         }
         (cache, warm, emu)
     });
-    let subject = Subject::default();
     let no_token = || -> TokenRef { unreachable!("a hit never needs the token") };
 
     let mut group = c.benchmark_group("cache");
@@ -126,13 +122,7 @@ fn hit(c: &mut Criterion) {
         let w = &warm[0];
         b.iter(|| {
             let (body, outcome) = cache
-                .get(
-                    black_box(&w.key),
-                    w.hash,
-                    no_token,
-                    &subject,
-                    SystemClock.now_ms(),
-                )
+                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit");
@@ -146,13 +136,7 @@ fn hit(c: &mut Criterion) {
             i = (i + 1) % warm.len();
             let w = &warm[i];
             cache
-                .get(
-                    black_box(&w.key),
-                    w.hash,
-                    no_token,
-                    &subject,
-                    SystemClock.now_ms(),
-                )
+                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit")

@@ -47,7 +47,7 @@ impl Backoffs {
         let failures = self.table.get(key).map_or(0, |b| b.failures) + 1;
         let window = window(failures, rand::random::<f64>());
         self.table.insert(
-            key.clone(),
+            *key,
             Arc::new(Backoff {
                 failures,
                 until_ms: now_ms + window.as_millis() as u64,

@@ -13,13 +13,7 @@ impl Inner {
     /// One EKS Auth call for `key` (the only one in flight for it), through
     /// the node-wide gate, and what it leaves behind: a cache entry, a
     /// negative entry, a backoff window, or a stale entry kept in service.
-    pub(super) async fn load(
-        &self,
-        key: &CacheKey,
-        token: TokenRef,
-        subject: Subject,
-        class: Class,
-    ) -> FetchResult {
+    pub(super) async fn load(&self, key: &CacheKey, token: TokenRef, class: Class) -> FetchResult {
         if let Err(Saturated { queued }) = self.gate.acquire(class).await {
             warn!(
                 queued,
@@ -31,6 +25,8 @@ impl Inner {
         self.gate
             .observe(result.as_ref().is_err_and(EksAuthError::is_throttling));
         let now = self.clock.now_ms();
+        // Read from the token only now: log lines need it, entries do not.
+        let subject = Subject::of(&token.raw);
         // Credentials an SDK could not use are an error, never a 200.
         let result = result
             .and_then(|issued| {
@@ -80,10 +76,9 @@ impl Inner {
                         failures: AtomicU32::new(0),
                         token_tag: AtomicU64::new(tag(&token.hash)),
                         token: Mutex::new(token),
-                        subject,
-                        association_id: issued.association_id,
+                        association_id: issued.association_id.map(Into::into),
                     };
-                    entries.insert(key.clone(), Arc::new(entry));
+                    entries.insert(*key, Arc::new(entry));
                 }
                 self.backoffs.succeeded(key);
                 Ok((body, Outcome::Miss))

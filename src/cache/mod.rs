@@ -133,7 +133,6 @@ impl CredentialCache {
         key: &CacheKey,
         hash: TokenHash,
         token: impl FnOnce() -> TokenRef,
-        subject: &Subject,
         now_ms: u64,
     ) -> Result<(Bytes, Outcome), FetchError> {
         let inner = &self.inner;
@@ -170,28 +169,22 @@ impl CredentialCache {
             return Err(err);
         }
         inner.metrics.cache_state.with_label_values(&["miss"]).inc();
-        Box::pin(self.fetch_shared(key.clone(), token(), subject.clone(), Class::Miss)).await
+        Box::pin(self.fetch_shared(*key, token(), Class::Miss)).await
     }
 
     /// One EKS Auth call per key at a time; everyone asking meanwhile waits
     /// for its result.
-    async fn fetch_shared(
-        &self,
-        key: CacheKey,
-        token: TokenRef,
-        subject: Subject,
-        class: Class,
-    ) -> FetchResult {
+    async fn fetch_shared(&self, key: CacheKey, token: TokenRef, class: Class) -> FetchResult {
         let (mut rx, joined) = {
             let mut inflight = self.inner.inflight.lock().expect("inflight lock poisoned");
             match inflight.get(&key) {
                 Some(rx) => (rx.clone(), true),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    inflight.insert(key.clone(), rx.clone());
+                    inflight.insert(key, rx.clone());
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
-                        let result = inner.load(&key, token, subject, class).await;
+                        let result = inner.load(&key, token, class).await;
                         inner
                             .inflight
                             .lock()

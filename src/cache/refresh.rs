@@ -74,7 +74,7 @@ impl CredentialCache {
                 report.paced += gap;
                 tokio::time::sleep(gap).await;
             }
-            self.refresh(key.as_ref().clone(), &entry).await;
+            self.refresh(*key, &entry).await;
             report.refreshed += 1;
         }
         inner
@@ -95,9 +95,7 @@ impl CredentialCache {
                 .inc();
             return;
         }
-        let result = self
-            .fetch_shared(key, token, entry.subject.clone(), Class::Refresh)
-            .await;
+        let result = self.fetch_shared(key, token, Class::Refresh).await;
         let label = match &result {
             Ok((_, Outcome::Miss | Outcome::Coalesced)) => {
                 self.inner
