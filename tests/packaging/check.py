@@ -801,7 +801,8 @@ def check_dockerfile(r: Report, hadolint: str, dockerfile: Path = DOCKERFILE) ->
     r.check(not re.search(r"\brust:", final[0]), "Dockerfile final stage must not be the rust build image")
     copies = [l for l in final if l.upper().startswith("COPY ") and "--from=" in l]
     bins = set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', cargo_all_tomls()))
-    for b in ("eks-pod-identity-agent", "eks-pod-identity-init"):
+    # go-runner: upstream's Helm chart starts ['/go-runner', '/eks-pod-identity-agent', ...].
+    for b in ("eks-pod-identity-agent", "eks-pod-identity-init", "go-runner"):
         r.check(b in bins, f"Cargo manifests define no binary {b}")
         ok = any(re.search(rf"\S*/{re.escape(b)}\s+(/{re.escape(b)}|/)\s*$", l) for l in copies)
         r.check(ok, f"Dockerfile final stage must COPY --from the build stage {b} to /{b}")
@@ -816,7 +817,7 @@ def check_dockerfile(r: Report, hadolint: str, dockerfile: Path = DOCKERFILE) ->
         entries = {l.strip().rstrip("/") for l in di.read_text().splitlines() if l.strip() and not l.startswith("#")}
         r.check("target" in entries or "/target" in entries, ".dockerignore must exclude target")
         r.check(".git" in entries, ".dockerignore must exclude .git")
-        for keep in ("src", "init", "Cargo.toml", "Cargo.lock"):
+        for keep in ("src", "init", "gorunner", "Cargo.toml", "Cargo.lock"):
             r.check(keep not in entries, f".dockerignore must not exclude {keep}")
 
 
@@ -911,6 +912,7 @@ DOCKERFILE_MUTATIONS = [
     ("extra cargo flag", "--workspace --bins", "--workspace --bins --features x"),
     ("unpinned rust image", "FROM rust:1.95.0-bookworm", "FROM rust:bookworm"),
     ("init binary not copied", "COPY --from=build /out/eks-pod-identity-init /eks-pod-identity-init", ""),
+    ("go-runner not copied", "COPY --from=build /out/go-runner /go-runner", ""),
     ("non-root USER", "ENTRYPOINT", "USER 65532\nENTRYPOINT"),
 ]
 
