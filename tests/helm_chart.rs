@@ -29,8 +29,13 @@
 mod common;
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::{bin, is_root, skip, testkit_bin};
 use go_runner::flags::{self, Parsed};
 use pod_identity_agent::cli::{Cli, Command};
 
@@ -337,4 +342,404 @@ fn upstream_errors_stay_errors() {
         assert!(parse(argv).is_err(), "{argv:?}");
     }
     assert!(pod_identity_agent::logging::level("bogus").is_err());
+}
+
+// ---------------------------------------------------------------------------
+// The chart's containers, executed.
+
+fn check(cmd: &mut std::process::Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A node: a network namespace removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pia-chart-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        check(std::process::Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self(name);
+        check(std::process::Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+
+    /// `curl -s -o /dev/null -w %{http_code} url` from the node.
+    fn status(&self, url: &str) -> String {
+        let out = self
+            .cmd("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "15",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The image's file system: `/go-runner`, `/eks-pod-identity-agent`,
+/// `/eks-pod-identity-init` at the root, as the Dockerfile copies them, plus
+/// what the distroless base provides (glibc and libgcc from the host, which
+/// like the base is Debian 12, and the CA bundle).
+struct ImageRoot(PathBuf);
+
+impl ImageRoot {
+    fn new() -> Self {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "chart-image-{}-{}",
+            std::process::id(),
+            testkit::issuer::uuid()
+        ));
+        let image = Self(root);
+        let built = Path::new(bin()).parent().unwrap().to_path_buf();
+        for name in [
+            "eks-pod-identity-agent",
+            "eks-pod-identity-init",
+            "go-runner",
+        ] {
+            let from = built.join(name);
+            assert!(
+                from.exists(),
+                "{} is missing: run the tests with `cargo test --workspace`",
+                from.display()
+            );
+            image.add(&from, Path::new("/").join(name).as_path());
+            // The shared libraries the binaries load, where the loader
+            // looks for them.
+            let ldd = check(std::process::Command::new("ldd").arg(&from));
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    image.add(Path::new(p), Path::new(p));
+                }
+            }
+        }
+        image.add(
+            Path::new("/etc/ssl/certs/ca-certificates.crt"),
+            Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        );
+        for dir in ["dev", "tmp", "root"] {
+            std::fs::create_dir_all(image.0.join(dir)).unwrap();
+        }
+        image
+    }
+
+    fn path(&self, inside: &str) -> PathBuf {
+        self.0.join(inside.trim_start_matches('/'))
+    }
+
+    fn add(&self, from: &Path, inside: &Path) {
+        let to = self.path(inside.to_str().unwrap());
+        if to.exists() {
+            return;
+        }
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        // The file itself, not a symbolic link (the loader's path is one).
+        let from = std::fs::canonicalize(from).unwrap();
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+    }
+
+    /// A container of this image on the node `ns`: its command and args
+    /// exactly as the chart renders them, run from the image's root, with
+    /// only `env` (what the pod spec and the kubelet give it).
+    fn container(
+        &self,
+        ns: &Netns,
+        command: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Command {
+        // `ip netns exec` runs in a mount namespace of its own, so the /dev
+        // bind mount (go-runner opens /dev/null for the child's stdin) does
+        // not leak to the host. Every exec replaces the process: the PID the
+        // test holds is go-runner's, as PID 1 of the container would be.
+        let mut c = ns.cmd("sh");
+        c.args([
+            "-c",
+            r#"root=$1; shift; mount --bind /dev "$root/dev" && exec chroot "$root" "$@""#,
+            "sh",
+        ])
+        .arg(&self.0)
+        .args(command)
+        .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .envs(env.iter().copied());
+        c
+    }
+}
+
+impl Drop for ImageRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Running {
+    fn start(mut cmd: std::process::Command, logs: &Path, name: &str) -> Self {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = cmd
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn logs(&self) -> (String, String) {
+        (
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        )
+    }
+
+    /// SIGTERM, as the kubelet sends to PID 1, then the exit status.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut status = None;
+        wait_for("the container to exit after SIGTERM", within, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mint(key: &Path) -> String {
+    let out = check(
+        std::process::Command::new(testkit_bin())
+            .args(["mint-token", "--key-file"])
+            .arg(key)
+            .args([
+                "--namespace",
+                "default",
+                "--service-account",
+                "app",
+                "--pod",
+                "chart-pod",
+            ]),
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn credentials(ns: &Netns, token: &str) -> serde_json::Value {
+    let out = check(ns.cmd("curl").args([
+        "-sS",
+        "--max-time",
+        "15",
+        "-H",
+        &format!("Authorization: {token}"),
+        "http://169.254.170.23/v1/credentials",
+    ]));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A server container comes up, serves, and drains on SIGTERM.
+fn serve_and_drain(ns: &Netns, server: Running, token: &str) -> (String, String) {
+    let mut server = server;
+    wait_for("the liveness probe", Duration::from_secs(60), || {
+        ns.status("http://localhost:2703/healthz") == "200"
+    });
+    assert_eq!(ns.status("http://localhost:2703/readyz"), "200");
+    // The metrics server always runs (upstream too), on 0.0.0.0:2705.
+    assert_eq!(ns.status("http://127.0.0.1:2705/metrics"), "200");
+    let creds = credentials(ns, token);
+    assert!(
+        creds["AccessKeyId"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ASIA")),
+        "{creds}"
+    );
+    let status = server.terminate(Duration::from_secs(30));
+    let (stdout, stderr) = server.logs();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "drained and exited 0:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn the_charts_containers_run_the_image_unchanged() {
+    if !is_root() {
+        skip("needs root for network namespaces and chroot");
+        return;
+    }
+    let ns = Netns::new();
+    let image = ImageRoot::new();
+    let logs = image.path("/tmp");
+
+    // Init container (privileged, host network): the chart's command and args.
+    let init = check(&mut image.container(&ns, &INITIALIZE, DEFAULT_INIT_ARGS, &[]));
+    let (out, err) = (
+        String::from_utf8_lossy(&init.stdout),
+        String::from_utf8_lossy(&init.stderr),
+    );
+    assert!(
+        err.contains("Running command:"),
+        "go-runner's lines on stderr: {err}"
+    );
+    assert!(
+        out.contains("\"initialized\""),
+        "the agent's log reaches the container's stdout (stderr redirected): {out}"
+    );
+    let addrs = check(
+        ns.cmd("ip")
+            .args(["-j", "addr", "show", "dev", "pod-id-link0"]),
+    );
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(addrs.contains("169.254.170.23"), "{addrs}");
+    assert!(addrs.contains("fd00:ec2::23"), "{addrs}");
+
+    // EKS Auth, standing in for the regional endpoint (outside the image).
+    let key = image.path("/tmp/issuer.pem");
+    let ready = image.path("/tmp/emulator.url");
+    let _emulator = Running::start(
+        {
+            let mut c = ns.cmd(testkit_bin());
+            c.args(["emulator", "--listen", "127.0.0.1:0", "--key-file"])
+                .arg(&key)
+                .arg("--ready-file")
+                .arg(&ready)
+                .args([
+                    "--association",
+                    "default/app=arn:aws:iam::111122223333:role/chart",
+                ]);
+            c
+        },
+        &logs,
+        "emulator",
+    );
+    wait_for("the emulator", Duration::from_secs(30), || ready.exists());
+    let endpoint = std::fs::read_to_string(&ready).unwrap().trim().to_owned();
+    let token = mint(&key);
+
+    // The cloud DaemonSet's server container. The pod spec's env is
+    // AWS_REGION; the node's IMDS credentials are played by the environment
+    // and the regional endpoint by AWS_ENDPOINT_URL_EKS_AUTH, so the args stay
+    // exactly the chart's.
+    let cloud_env = [
+        ("AWS_REGION", "us-west-2"),
+        ("AWS_ENDPOINT_URL_EKS_AUTH", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIDCHARTNODEFAKE001"),
+        ("AWS_SECRET_ACCESS_KEY", "chart"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let server = Running::start(
+        image.container(&ns, &SERVER, DEFAULT_SERVER_ARGS, &cloud_env),
+        &logs,
+        "cloud",
+    );
+    let (stdout, stderr) = serve_and_drain(&ns, server, &token);
+    assert!(
+        stderr.contains("Got signal: terminated. Sending down to process"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("SIGTERM received"), "{stdout}");
+    assert!(stdout.contains("\"drained\""), "{stdout}");
+    assert!(!stdout.contains(&token[..40]), "token not logged");
+
+    // The hybrid DaemonSets' server container (both render the same args):
+    // the node's credentials come from the host's /eks-hybrid/.aws (or
+    // /var/eks-hybrid/.aws on Bottlerocket), mounted at /root/.aws.
+    std::fs::create_dir_all(image.path("/root/.aws")).unwrap();
+    std::fs::write(
+        image.path("/root/.aws/credentials"),
+        "[default]\naws_access_key_id = AKIDCHARTHYBRIDFAKE1\naws_secret_access_key = hybrid\n",
+    )
+    .unwrap();
+    let hybrid_env = [
+        ("AWS_REGION", "us-west-2"),
+        ("AWS_ENDPOINT_URL_EKS_AUTH", endpoint.as_str()),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let server = Running::start(
+        image.container(&ns, &SERVER, HYBRID_SERVER_ARGS, &hybrid_env),
+        &logs,
+        "hybrid",
+    );
+    let (stdout, _) = serve_and_drain(&ns, server, &mint(&key));
+    assert!(
+        stdout.contains("AKIDCHARTHYBRIDFAKE1"),
+        "EKS Auth was called with the file's credentials: {stdout}"
+    );
 }
