@@ -127,6 +127,11 @@ pub struct ServerArgs {
     /// AWS region for EKS Auth (default: the SDK chain, env then IMDS).
     #[arg(long)]
     pub region: Option<String>,
+    /// PEM bundle trusted for EKS Auth (and other AWS calls) besides the
+    /// system roots: ISO partitions, TLS-intercepting proxies. Default: the
+    /// file named by AWS_CA_BUNDLE, as the other AWS SDKs read it.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Host header values accepted on the credential endpoint (port and [] stripped).
     #[arg(long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("fd00:ec2::23")])]
