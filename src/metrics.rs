@@ -29,6 +29,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub open_connections: IntGauge,
     pub rejected_connections: IntCounter,
+    pub ready: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -183,6 +184,11 @@ impl Metrics {
                 &r,
                 "pod_identity_rejected_connections_total",
                 "Connections closed at once because --max-connections were open.",
+            ),
+            ready: gauge(
+                &r,
+                "pod_identity_ready",
+                "1 when /readyz answers 200, 0 otherwise; evaluated on every scrape.",
             ),
             registry: r,
         }

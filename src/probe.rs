@@ -115,7 +115,11 @@ impl Handler for Admin {
             "/healthz" => probe_response(self.probes.healthy().await),
             "/readyz" => probe_response(self.probes.ready().await),
             "/metrics" if self.metrics.is_some() => {
-                let body = self.metrics.as_ref().expect("checked above").render();
+                let metrics = self.metrics.as_ref().expect("checked above");
+                // Readiness as a metric, for alerting without kube-state-metrics.
+                let ready = self.probes.ready().await == StatusCode::OK;
+                metrics.ready.set(i64::from(ready));
+                let body = metrics.render();
                 let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
