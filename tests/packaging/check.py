@@ -262,7 +262,8 @@ class CliFlags:
         t = self.subcommands.get(sub)
         if t is None:
             return None
-        return self._flags_of(self.agent_structs, t, set())
+        # Plus the global flags declared on the root (-v, --log-format).
+        return self._flags_of(self.agent_structs, t, set()) | self._flags_of(self.agent_structs, "Cli", set())
 
     def init_binary_flags(self) -> set[str]:
         flags: set[str] = set()
@@ -768,6 +769,47 @@ def check_dropin_variant(r: Report, variant: str, docs: list[dict]) -> None:
     )
 
 
+def check_helm_values_example(r: Report, docs: list[dict], cli: CliFlags) -> None:
+    """daemonset/examples/helm-values: each patch does what the README's
+    Helm value -> kustomize table says."""
+    at = "[examples/helm-values]"
+    dss = kinds(docs, "DaemonSet")
+    if not r.check(len(dss) == 1, f"{at}: expected one DaemonSet"):
+        return
+    ds = dss[0]
+    ps = pod_spec(ds)
+    tmeta = ds["spec"]["template"].get("metadata") or {}
+    c = server_container(ds) or {}
+    names, values = used_flags(container_argv(c)[2:])
+    allowed = cli.agent_subcommand_flags("server") or set()
+    for f in names:
+        r.check(f in allowed, f"{at}: server flag {f} is not defined in src/cli.rs")
+    r.check(values.get("--max-cache-size") == "500", f"{at}: agent.additionalArgs: --max-cache-size=500")
+    r.check(values.get("--verbosity") == "debug", f"{at}: agent.additionalArgs: --verbosity=debug")
+    r.check(
+        (c.get("resources") or {}).get("requests") == {"cpu": "50m", "memory": "64Mi"},
+        f"{at}: resources not replaced",
+    )
+    r.check(ps.get("imagePullSecrets") == [{"name": "regcred"}], f"{at}: imagePullSecrets")
+    r.check((tmeta.get("labels") or {}).get("team") == "platform", f"{at}: podLabels")
+    r.check(
+        "team" not in ((ds["spec"].get("selector") or {}).get("matchLabels") or {}),
+        f"{at}: podLabels must not enter the immutable selector",
+    )
+    ann = tmeta.get("annotations") or {}
+    r.check(ann.get("example.com/owner") == "platform", f"{at}: podAnnotations")
+    r.check("prometheus.io/scrape" not in ann, f"{at}: metrics off: scrape annotation removed")
+    r.check("livenessProbe" not in c, f"{at}: livenessEndpoint \"\": no liveness probe")
+    r.check(
+        ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path") == "/readyz", f"{at}: readinessEndpoint"
+    )
+    r.check(not ps.get("initContainers"), f"{at}: init.create false: no init container")
+    images = {x.get("image") for x in ps.get("containers") or []}
+    r.check(
+        images == {"registry.example.com/platform/eks-pod-identity-agent:1.0.0"}, f"{at}: image override, got {images}"
+    )
+
+
 # --------------------------------------------------------------------------
 # Rendering and schema validation
 
@@ -1132,6 +1174,12 @@ def main() -> int:
                 check_variant(r, variant, docs)
             if variant in DROPIN_VARIANTS:
                 check_dropin_variant(r, variant, docs)
+        example = DAEMONSET_DIR / "examples" / "helm-values"
+        if r.check(example.is_dir(), "daemonset/examples/helm-values missing"):
+            docs = render(r, tools["kubectl"], example)
+            if docs is not None:
+                validate_schemas(r, "[examples/helm-values]", docs, versions)
+                check_helm_values_example(r, docs, cli)
         if base_dir is not None and "base" in renders:
             r.check(base_dir == renders["base"], "kubectl kustomize daemonset/ must render exactly daemonset/base")
 
