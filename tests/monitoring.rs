@@ -291,6 +291,16 @@ async fn eks_auth_alert_fires_during_an_outage_and_resolves_after_it() {
         })
     };
 
+    // The kubelet's readiness probe, which pod_identity_ready reports; no
+    // sample before it.
+    let before = common::get(agent.metrics_addr, "/metrics", Some("localhost"), None).await;
+    assert!(
+        !before.body.contains("\npod_identity_ready "),
+        "{}",
+        before.body
+    );
+    let probe = common::get(agent.probe, "/readyz", Some("localhost"), None).await;
+    assert_eq!(probe.status, 200, "{}", probe.body);
     until(
         "the agent's readiness in Prometheus",
         Duration::from_secs(60),
