@@ -2,9 +2,10 @@
 """Packaging checks: the Kubernetes manifests in daemonset/ and the Dockerfile.
 
 Renders `kubectl kustomize` for the base (daemonset/), every overlay under
-daemonset/overlays/ and hybrid + apiserver-jwks combined, validates every
-object against the Kubernetes OpenAPI schemas shipped with kubernetes-validate
-(offline, strict), checks the invariants the agent depends on (privileges,
+daemonset/overlays/, hybrid + apiserver-jwks combined and
+daemonset/examples/helm-values, validates every object against the Kubernetes
+OpenAPI schemas shipped with kubernetes-validate (offline, strict; the
+Prometheus Operator objects, which have none, are checked field by field), checks the invariants the agent depends on (privileges,
 scheduling, ports, probes, shutdown timing, RBAC, flags that exist in
 src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
 rendered manifests (drops `privileged: true`, adds a capability, ...) and
