@@ -582,11 +582,13 @@ impl Drop for Running {
     }
 }
 
-fn mint(key: &Path) -> String {
+/// A pod's token from the emulator's issuer (`issuer`: its URL).
+fn mint(key: &Path, issuer: &str) -> String {
     let out = check(
         std::process::Command::new(testkit_bin())
             .args(["mint-token", "--key-file"])
             .arg(key)
+            .args(["--issuer", issuer])
             .args([
                 "--namespace",
                 "default",
@@ -691,7 +693,7 @@ fn the_charts_containers_run_the_image_unchanged() {
     );
     wait_for("the emulator", Duration::from_secs(30), || ready.exists());
     let endpoint = std::fs::read_to_string(&ready).unwrap().trim().to_owned();
-    let token = mint(&key);
+    let token = mint(&key, &endpoint);
 
     // The cloud DaemonSet's server container. The pod spec's env is
     // AWS_REGION; the node's IMDS credentials are played by the environment
@@ -737,7 +739,7 @@ fn the_charts_containers_run_the_image_unchanged() {
         &logs,
         "hybrid",
     );
-    let (stdout, _) = serve_and_drain(&ns, server, &mint(&key));
+    let (stdout, _) = serve_and_drain(&ns, server, &mint(&key, &endpoint));
     assert!(
         stdout.contains("AKIDCHARTHYBRIDFAKE1"),
         "EKS Auth was called with the file's credentials: {stdout}"
