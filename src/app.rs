@@ -17,7 +17,7 @@ use crate::ca_bundle::CaBundle;
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
-use crate::eksauth::{EksAuth, EksAuthConfig};
+use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
 use crate::metrics::Metrics;
@@ -178,8 +178,13 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             max_size: args.max_cache_size,
             max_service_qps: args.max_service_qps,
             negative_ttl: args.negative_cache_ttl,
+            gate: CallGateConfig {
+                rate: args.eks_auth_rate_limit,
+                burst: args.eks_auth_rate_burst,
+                queue_size: args.eks_auth_queue_size,
+            },
         },
-        eksauth,
+        Arc::new(eksauth),
         clock.clone(),
         metrics.clone(),
     );

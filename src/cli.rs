@@ -149,6 +149,16 @@ pub struct ServerArgs {
     /// Attempts per EKS Auth call (SDK standard retry); 1 disables retries.
     #[arg(long, default_value_t = 3)]
     pub eks_auth_max_attempts: u32,
+    /// Node-wide cap on EKS Auth calls per second (misses and refreshes
+    /// together), lowered while EKS Auth throttles; 0 disables.
+    #[arg(long, default_value_t = 20.0)]
+    pub eks_auth_rate_limit: f64,
+    /// Calls allowed at once above --eks-auth-rate-limit (a node start).
+    #[arg(long, default_value_t = 40)]
+    pub eks_auth_rate_burst: u32,
+    /// EKS Auth calls that may wait for the cap; beyond it requests get 503.
+    #[arg(long, default_value_t = 1000)]
+    pub eks_auth_queue_size: usize,
 
     #[command(flatten)]
     pub verify: VerifyArgs,

@@ -81,8 +81,13 @@ fn hit(c: &mut Criterion) {
                 max_size: 50_000,
                 max_service_qps: 3.0,
                 negative_ttl: Duration::from_secs(5),
+                gate: pod_identity_agent::eksauth::CallGateConfig {
+                    rate: 0.0,
+                    burst: 0,
+                    queue_size: 0,
+                },
             },
-            eksauth,
+            Arc::new(eksauth),
             pod_identity_agent::clock::system(),
             metrics,
         );

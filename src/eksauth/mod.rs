@@ -31,9 +31,31 @@ use crate::credentials::{Credentials, Secret, account_from_arn};
 use crate::metrics::Metrics;
 
 mod error;
+mod gate;
 
 use error::classify;
 pub use error::{EksAuthError, Fault, Modeled};
+pub use gate::{CallGate, CallGateConfig, Class, Saturated};
+
+/// Where credentials come from: EKS Auth in production; a model of it in
+/// the fleet simulation (bench), which drives the real cache.
+pub trait Upstream: Send + Sync + 'static {
+    fn assume<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>>;
+
+    fn cluster_name(&self) -> &str;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl Upstream for EksAuth {
+    fn assume<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>> {
+        Box::pin(EksAuth::assume(self, token))
+    }
+
+    fn cluster_name(&self) -> &str {
+        EksAuth::cluster_name(self)
+    }
+}
 
 #[derive(Clone)]
 pub struct EksAuthConfig {
