@@ -153,8 +153,9 @@ pub struct ServerArgs {
     /// together), lowered while EKS Auth throttles; 0 disables.
     #[arg(long, default_value_t = 20.0)]
     pub eks_auth_rate_limit: f64,
-    /// Calls allowed at once above --eks-auth-rate-limit (a node start).
-    #[arg(long, default_value_t = 40)]
+    /// Calls allowed at once above --eks-auth-rate-limit: a node start
+    /// (110 pods) is served in about half a second.
+    #[arg(long, default_value_t = 100)]
     pub eks_auth_rate_burst: u32,
     /// EKS Auth calls that may wait for the cap; beyond it requests get 503.
     #[arg(long, default_value_t = 1000)]
