@@ -13,6 +13,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::ca_bundle::CaBundle;
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
@@ -45,6 +46,8 @@ pub enum ServerError {
     Jwks(#[from] JwksError),
     #[error("invalid --allowed-hosts: empty")]
     NoAllowedHosts,
+    #[error(transparent)]
+    CaBundle(#[from] crate::ca_bundle::CaBundleError),
 }
 
 /// Everything `server` needs besides its flags; tests inject a clock and
@@ -55,7 +58,8 @@ pub struct Options {
     /// The agent's own AWS credentials; `None` = the SDK default chain
     /// (or the shared credentials file with `--rotate-credentials`).
     pub credentials: Option<SharedCredentialsProvider>,
-    /// Environment lookup (KUBERNETES_SERVICE_HOST/PORT, shared credentials file).
+    /// Environment lookup (KUBERNETES_SERVICE_HOST/PORT, shared credentials
+    /// file, AWS_CA_BUNDLE).
     pub env: fn(&str) -> Option<String>,
 }
 
@@ -98,7 +102,11 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         )),
         None => None,
     };
-    let eksauth = EksAuth::new(
+    let http_client = match CaBundle::path_from(args.ca_bundle.as_deref(), env) {
+        Some(path) => Some(CaBundle::load(&path)?.http_client()),
+        None => None,
+    };
+    let eksauth = EksAuth::with_http_client(
         EksAuthConfig {
             cluster_name: args.cluster_name.clone(),
             endpoint: args.endpoint.clone(),
@@ -108,6 +116,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             max_attempts: args.eks_auth_max_attempts,
             credentials,
         },
+        http_client,
         metrics.clone(),
     )
     .await;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub open_connections: IntGauge,
     pub rejected_connections: IntCounter,
+    /// No labels; a vector only so the series is absent until set.
+    pub ready: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -57,6 +59,13 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique within the registry");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric names are unique within the registry");
     g
@@ -233,6 +242,12 @@ impl Metrics {
                 &r,
                 "pod_identity_rejected_connections_total",
                 "Connections closed at once because --max-connections were open.",
+            ),
+            ready: gauge_vec(
+                &r,
+                "pod_identity_ready",
+                "Outcome of the last readiness check (/readyz, the kubelet's probe): 1 ready, 0 not; absent before the first.",
+                &[],
             ),
             registry: r,
         }

@@ -25,6 +25,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_eksauth::operation::RequestId;
 use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityOutput;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::credentials::{Credentials, Secret, account_from_arn};
 use crate::metrics::Metrics;
@@ -86,6 +87,15 @@ pub struct EksAuth {
 
 impl EksAuth {
     pub async fn new(config: EksAuthConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with_http_client(config, None, metrics).await
+    }
+
+    /// `http_client`: instead of the SDK's default HTTPS client (`--ca-bundle`).
+    pub async fn with_http_client(
+        config: EksAuthConfig,
+        http_client: Option<SharedHttpClient>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout)
             .operation_attempt_timeout(config.request_timeout)
@@ -101,6 +111,9 @@ impl EksAuth {
         }
         if let Some(credentials) = config.credentials {
             loader = loader.credentials_provider(credentials);
+        }
+        if let Some(client) = http_client {
+            loader = loader.http_client(client);
         }
         let sdk = loader.load().await;
         Self {
