@@ -22,7 +22,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use jsonwebtoken::{Algorithm, DecodingKey};
 use tracing::warn;
 
 use crate::cache::CacheKey;
@@ -278,7 +277,7 @@ impl TokenGate {
         if !key.accepts(alg) {
             return Err(VerifyError::KeyMismatch);
         }
-        if !verify_signature(parsed, &key.decoding, alg) {
+        if !key.verify(parsed.signing_input.as_bytes(), parsed.signature) {
             return Err(VerifyError::Signature);
         }
         let claims = &parsed.claims;
@@ -320,10 +319,6 @@ impl TokenGate {
     }
 }
 
-fn verify_signature(parsed: &Parsed<'_>, key: &DecodingKey, alg: Algorithm) -> bool {
-    jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), key, alg)
-        .unwrap_or(false)
-}
 
 /// `sub` must be `system:serviceaccount:<ns>:<sa>`, and the `kubernetes.io`
 /// claims, when present, must be well-formed and name the same namespace

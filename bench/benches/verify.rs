@@ -11,6 +11,12 @@
 //! - `admission/unverified_cold`: no key source (the default): SHA-256,
 //!   parse and claim checks of a token not in the memo.
 //! - `token_hash/sha256`: `TokenHash::of` alone on a real (~1.1 KB) token.
+//! - `admission/rsa2048_verify_bare`: the floor `verified_cold` is compared
+//!   with: one RS256 (RSA-2048, PKCS#1 v1.5, SHA-256) check of the same
+//!   tokens' signatures with the same library (aws-lc-rs), the key parsed
+//!   once, the signature already decoded — no parsing, no claims, no memo.
+//! - `admission/rsa2048_verify_components`: the same check with the key given
+//!   as its components each time (what jsonwebtoken's `crypto::verify` does).
 //!
 //! Keys come from a `KeySource::File` JWKS written from `Issuer::jwks()`.
 //! Admission never waits on I/O once the keys are loaded, so each call is
@@ -133,6 +139,75 @@ fn admission(c: &mut Criterion) {
                 .now_or_never()
                 .expect("ready")
                 .expect("admitted")
+            })
+        });
+    }
+    {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwk = &issuer.jwks()["keys"][0];
+        let component = |name: &str| {
+            URL_SAFE_NO_PAD
+                .decode(jwk[name].as_str().expect("an RSA JWK has n and e"))
+                .expect("base64url")
+        };
+        let (n, e) = (component("n"), component("e"));
+        let signed: Vec<(Vec<u8>, Vec<u8>)> = distinct
+            .iter()
+            .map(|t| {
+                let (input, sig) = t.rsplit_once('.').expect("three segments");
+                (
+                    input.as_bytes().to_vec(),
+                    URL_SAFE_NO_PAD.decode(sig).expect("base64url signature"),
+                )
+            })
+            .collect();
+        let der = {
+            // PKCS#1 RSAPublicKey, as the agent's key set builds it.
+            fn int(m: &[u8]) -> Vec<u8> {
+                let mut v = vec![0x02];
+                let pad = m[0] & 0x80 != 0;
+                let len = m.len() + usize::from(pad);
+                if len < 128 {
+                    v.push(len as u8);
+                } else {
+                    v.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+                }
+                if pad {
+                    v.push(0);
+                }
+                v.extend_from_slice(m);
+                v
+            }
+            let body = [int(&n), int(&e)].concat();
+            [vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8], body].concat()
+        };
+        let parsed = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            der,
+        )
+        .expect("an RSA-2048 key");
+        let mut i = 0usize;
+        group.bench_function("rsa2048_verify_bare", |b| {
+            b.iter(|| {
+                i = (i + 1) % signed.len();
+                let (input, sig) = &signed[i];
+                parsed
+                    .verify_sig(black_box(input), black_box(sig))
+                    .expect("a valid signature")
+            })
+        });
+        group.bench_function("rsa2048_verify_components", |b| {
+            b.iter(|| {
+                i = (i + 1) % signed.len();
+                let (input, sig) = &signed[i];
+                aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e }
+                    .verify(
+                        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                        black_box(input),
+                        black_box(sig),
+                    )
+                    .expect("a valid signature")
             })
         });
     }

@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::JwksError;
@@ -45,12 +48,13 @@ pub fn algorithm(name: &str) -> Option<(Algorithm, KeyType)> {
         .map(|(_, alg, kt)| (*alg, *kt))
 }
 
-/// One verification key.
+/// One verification key, parsed once for its algorithm (aws-lc-rs), so a
+/// verification is the signature check and nothing else.
 pub struct Key {
     pub kid: String,
     /// The `alg` the key declares, or the family default (RS256 / ES256 / ES384).
     pub alg: Algorithm,
-    pub decoding: DecodingKey,
+    verifier: ParsedPublicKey,
     /// SHA-256 over the key's type, algorithm and public components: equal
     /// for the same key, different when a kid is reused for other material.
     pub fingerprint: [u8; 32],
@@ -61,6 +65,61 @@ impl Key {
     pub fn accepts(&self, alg: Algorithm) -> bool {
         self.alg == alg
     }
+
+    /// Checks `signature` (base64url, unpadded, as in a JWS) over `message`.
+    pub fn verify(&self, message: &[u8], signature: &str) -> bool {
+        URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|sig| self.verifier.verify_sig(message, &sig).is_ok())
+    }
+}
+
+/// aws-lc-rs's verification algorithm for a JOSE algorithm (the modulus
+/// range is JOSE's: RSA keys of 2,048 bits and more).
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        _ => return None,
+    })
+}
+
+/// DER of PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
+        let magnitude = &magnitude[magnitude.iter().take_while(|b| **b == 0).count()..];
+        let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
+        out.push(0x02);
+        length(out, magnitude.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(magnitude);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut der = Vec::with_capacity(body.len() + 4);
+    der.push(0x30);
+    length(&mut der, body.len());
+    der.extend_from_slice(&body);
+    der
 }
 
 pub type Keys = HashMap<String, Arc<Key>>;
@@ -138,11 +197,18 @@ fn key_of(jwk: Jwk) -> Option<Key> {
         KeyType::Rsa => (jwk.n?, jwk.e?),
         KeyType::EcP256 | KeyType::EcP384 => (jwk.x?, jwk.y?),
     };
-    let decoding = match key_type {
-        KeyType::Rsa => DecodingKey::from_rsa_components(&a, &b),
-        KeyType::EcP256 | KeyType::EcP384 => DecodingKey::from_ec_components(&a, &b),
-    }
-    .ok()?;
+    let (da, db) = (URL_SAFE_NO_PAD.decode(&a).ok()?, URL_SAFE_NO_PAD.decode(&b).ok()?);
+    let public = match key_type {
+        KeyType::Rsa => rsa_public_key_der(&da, &db),
+        KeyType::EcP256 | KeyType::EcP384 => {
+            let size = if key_type == KeyType::EcP256 { 32 } else { 48 };
+            if da.len() != size || db.len() != size {
+                return None;
+            }
+            [&[4u8][..], &da, &db].concat()
+        }
+    };
+    let verifier = ParsedPublicKey::new(verification_algorithm(alg)?, public).ok()?;
     let material = format!("{key_type:?}|{alg:?}|{a}|{b}");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
     let mut fingerprint = [0u8; 32];
@@ -150,7 +216,7 @@ fn key_of(jwk: Jwk) -> Option<Key> {
     Some(Key {
         kid,
         alg,
-        decoding,
+        verifier,
         fingerprint,
     })
 }
