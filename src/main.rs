@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 use pod_identity_agent::app;
-use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE};
-use pod_identity_agent::logging;
+use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE, ProbeArgs};
+use pod_identity_agent::{logging, probe_socket};
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     let log = match &cli.command {
         Command::Server(a) => &a.log,
         Command::Initialize(a) => &a.log,
+        // Run by the kubelet every period: no logging, no runtime.
+        Command::Probe(a) => return probe(a),
     };
     if let Err(e) = logging::init(log) {
         eprintln!("{e}");
@@ -74,6 +76,25 @@ async fn dispatch(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Probe(args) => probe(&args),
+    }
+}
+
+/// The answer goes to stdout: the kubelet puts it in the probe's event.
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match probe_socket::query(&args.socket, args.check.path(), args.timeout) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{status} {}", body.trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,6 +6,11 @@
 //! Drain protocol (mini-redis shape): every connection task holds a clone of
 //! `done_tx`; shutdown flips `signal`, each connection finishes its in-flight
 //! request and closes, and the last dropped sender ends the wait.
+//!
+//! Stopping to accept closes the listeners. With `SO_REUSEPORT` and
+//! `net.ipv4.tcp_migrate_req=1` the kernel then hands the connections queued
+//! on them to the next agent's listeners instead of resetting them (see
+//! [`crate::reuseport`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -235,7 +240,15 @@ impl<H: Handler> AcceptCtx<H> {
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
+                // Connection first: when the drain signal and a request's
+                // bytes arrive together, the request is read (and then
+                // answered with `Connection: close`) rather than the idle
+                // connection closed with the request unread, which resets
+                // it. A connection that has not finished its first request
+                // is never idle for hyper, so a drain lets that request
+                // through too.
                 let drained = tokio::select! {
+                    biased;
                     res = conn.as_mut() => {
                         if let Err(err) = res {
                             debug!(%peer, error = %err, "connection ended with an error");
