@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -181,6 +182,29 @@ impl<H: Handler> ListenerAdder<H> {
     }
 }
 
+/// Whether a connection's first request has begun, and a way to wait for it.
+#[derive(Clone, Default)]
+struct FirstRequest(Arc<(AtomicBool, Notify)>);
+
+impl FirstRequest {
+    fn begin(&self) {
+        // A load on every request, a write only on the first.
+        if !self.0.0.load(Ordering::Acquire) && !self.0.0.swap(true, Ordering::AcqRel) {
+            self.0.1.notify_one();
+        }
+    }
+
+    fn begun(&self) -> bool {
+        self.0.0.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`begin`](Self::begin) ran (`notify_one` keeps the
+    /// wake-up if nobody waits yet).
+    async fn wait(&self) {
+        self.0.1.notified().await;
+    }
+}
+
 struct AcceptCtx<H> {
     handler: Arc<H>,
     limits: ConnLimits,
@@ -234,7 +258,10 @@ impl<H: Handler> AcceptCtx<H> {
                 if let Some(m) = &metrics {
                     m.open_connections.inc();
                 }
+                let first = FirstRequest::default();
+                let begun = first.clone();
                 let service = service_fn(move |req| {
+                    begun.begin();
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
                 });
@@ -242,12 +269,9 @@ impl<H: Handler> AcceptCtx<H> {
                 tokio::pin!(conn);
                 // Connection first: when the drain signal and a request's
                 // bytes arrive together, the request is read (and then
-                // answered with `Connection: close`) rather than the idle
-                // connection closed with the request unread, which resets
-                // it. A connection that has not finished its first request
-                // is never idle for hyper, so a drain lets that request
-                // through too.
-                let drained = tokio::select! {
+                // answered with `Connection: close`) rather than the
+                // connection closed with the request unread, which resets it.
+                let mut drained = tokio::select! {
                     biased;
                     res = conn.as_mut() => {
                         if let Err(err) = res {
@@ -257,6 +281,19 @@ impl<H: Handler> AcceptCtx<H> {
                     }
                     _ = signal.wait_for(|draining| *draining) => true,
                 };
+                // hyper's graceful shutdown closes a connection on which it
+                // has read nothing yet. But the client connected to this
+                // agent and its request is on the way: closing would reset
+                // it. So wait for the first request to begin (hyper's header
+                // read timeout bounds the wait), then shut down, which
+                // answers it with `Connection: close`.
+                if drained && !first.begun() {
+                    drained = tokio::select! {
+                        biased;
+                        _ = conn.as_mut() => false,
+                        _ = first.wait() => true,
+                    };
+                }
                 if drained {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;
