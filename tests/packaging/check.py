@@ -5,8 +5,8 @@ Renders `kubectl kustomize` for the base (daemonset/), every overlay under
 daemonset/overlays/ and hybrid + apiserver-jwks combined, validates every
 object against the Kubernetes OpenAPI schemas shipped with kubernetes-validate
 (offline, strict), checks the invariants the agent depends on (privileges,
-scheduling, ports, probes, shutdown timing, RBAC, flags that exist in
-src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
+scheduling, surge rollouts without host ports, per-instance exec probes,
+shutdown timing, RBAC, flags that exist in src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
 rendered manifests (drops `privileged: true`, adds a capability, ...) and
 requires each mutation to be caught, so the checks cannot silently go blind.
 
@@ -345,16 +345,9 @@ def node_terms(ds: dict) -> list[dict]:
     return req.get("nodeSelectorTerms") or []
 
 
-def named_port(c: dict, port) -> int | None:
-    if isinstance(port, int):
-        return port
-    for p in c.get("ports") or []:
-        if p.get("name") == port:
-            return p.get("containerPort")
-    try:
-        return int(port)
-    except (TypeError, ValueError):
-        return None
+def is_zero(v) -> bool:
+    """0 or "0%" (a rollingUpdate int-or-string)."""
+    return str(v).strip() in ("0", "0%")
 
 
 def int_flag(values: dict[str, str | None], name: str, default: int) -> int | None:
@@ -427,11 +420,16 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliF
                     f"{at}: nodeSelectorTerms[{i}] must require {COMPUTE_TYPE} NotIn [fargate, hybrid, auto]",
                 )
 
-    # Rollout and shutdown.
+    # Rollout and shutdown: surge, so a node is never without an agent (the
+    # new pod starts beside the old one; listeners are shared with SO_REUSEPORT).
     us = spec.get("updateStrategy") or {}
+    ru = us.get("rollingUpdate") or {}
     r.check(
-        us.get("type") == "RollingUpdate" and str((us.get("rollingUpdate") or {}).get("maxUnavailable")) == "10%",
-        f"{at}: updateStrategy must be RollingUpdate with maxUnavailable 10%",
+        us.get("type") == "RollingUpdate"
+        and is_zero(ru.get("maxUnavailable"))
+        and ru.get("maxSurge") is not None
+        and not is_zero(ru.get("maxSurge")),
+        f"{at}: updateStrategy must be RollingUpdate with maxUnavailable 0 and a non-zero maxSurge, is {us}",
     )
     grace = ps.get("terminationGracePeriodSeconds")
     r.check(grace == GRACE_SECONDS, f"{at}: terminationGracePeriodSeconds must be {GRACE_SECONDS}, is {grace!r}")
@@ -534,14 +532,50 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliF
         values.get("--metrics-address", "0.0.0.0") == "0.0.0.0",
         f"{at}: --metrics-address must be 0.0.0.0 (scraped on the node IP)",
     )
-    declared = {p.get("containerPort") for p in c.get("ports") or []}
-    r.check(PROBE_PORT in declared, f"{at}: containerPort {PROBE_PORT} (probes) must be declared")
-    r.check(METRICS_PORT in declared, f"{at}: containerPort {METRICS_PORT} (metrics) must be declared")
-    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        hg = (c.get(kind) or {}).get("httpGet") or {}
-        r.check(hg.get("path") == path, f"{at}: {kind} must GET {path}")
-        r.check(named_port(c, hg.get("port")) == PROBE_PORT, f"{at}: {kind} must use port {PROBE_PORT}")
-        r.check(hg.get("host") == "localhost", f"{at}: {kind} must use host localhost (the probe server listens there)")
+    # No host ports: with hostNetwork every containerPort is a hostPort, and
+    # the scheduler would refuse the surge pod beside the old one.
+    for cc in (ps.get("initContainers") or []) + (ps.get("containers") or []):
+        r.check(
+            not cc.get("ports"),
+            f"{at}: container {cc.get('name')} declares ports {cc.get('ports')}: with hostNetwork they are "
+            "hostPorts, which block surge rollouts",
+        )
+    # Probes: exec `probe --socket=<the server's --probe-socket> healthz|readyz`;
+    # the TCP probe port is shared by both agents during a rollout.
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+    sock = values.get("--probe-socket")
+    if r.check(bool(sock), f"{at}: server needs --probe-socket (per-instance probes)"):
+        ok = any(
+            str(sock).startswith((m.get("mountPath") or "").rstrip("/") + "/")
+            and "emptyDir" in (vols.get(n) or {})
+            and not m.get("readOnly")
+            for n, m in mounts.items()
+        )
+        r.check(ok, f"{at}: --probe-socket {sock} must be on a writable emptyDir mount (private to the pod)")
+    probe_flags = cli.agent_subcommand_flags("probe") or set()
+    r.check(bool(probe_flags), "src/cli.rs: could not find the probe subcommand's flags")
+    for kind, check in (("livenessProbe", "healthz"), ("readinessProbe", "readyz")):
+        pr = c.get(kind) or {}
+        cmd = [str(x) for x in ((pr.get("exec") or {}).get("command") or [])]
+        if not r.check(
+            cmd[:2] == [AGENT_BIN, "probe"] and not pr.get("httpGet") and not pr.get("tcpSocket"),
+            f"{at}: {kind} must exec {AGENT_BIN} probe (the shared TCP probe port cannot tell two agents apart)",
+        ):
+            continue
+        pnames, pvalues = used_flags(cmd[2:])
+        for f in pnames:
+            r.check(f in probe_flags, f"{at}: {kind} flag {f} is not defined in src/cli.rs")
+        r.check(cmd[-1] == check, f"{at}: {kind} must check {check}, checks {cmd[-1]}")
+        r.check(
+            pvalues.get("--socket") == sock,
+            f"{at}: {kind} --socket {pvalues.get('--socket')} must be the server's --probe-socket {sock}",
+        )
+    pod_name = ((env.get("POD_NAME") or {}).get("valueFrom") or {}).get("fieldRef") or {}
+    r.check(
+        pod_name.get("fieldPath") == "metadata.name",
+        f"{at}: env POD_NAME must come from metadata.name (names the instance in metrics and logs)",
+    )
 
     # Drain before SIGKILL.
     drain = values.get("--drain-timeout", DEFAULT_DRAIN) or ""
@@ -868,17 +902,29 @@ MUTATIONS = {
         ("privilege escalation", lambda d: _srv(d)["securityContext"].pop("allowPrivilegeEscalation")),
         ("server as non-root", lambda d: _srv(d)["securityContext"].update(runAsUser=65532, runAsNonRoot=True)),
         (
-            "metrics port not declared",
-            lambda d: _srv(d).update(ports=[p for p in _srv(d)["ports"] if p["containerPort"] != METRICS_PORT]),
+            "metrics port declared (a hostPort)",
+            lambda d: _srv(d).update(ports=[{"name": "metrics", "containerPort": METRICS_PORT}]),
         ),
-        ("liveness on the wrong path", lambda d: _srv(d)["livenessProbe"]["httpGet"].update(path="/")),
-        ("readiness on the wrong port", lambda d: _srv(d)["readinessProbe"]["httpGet"].update(port=METRICS_PORT)),
+        ("liveness checks readiness", lambda d: _srv(d)["livenessProbe"]["exec"]["command"].__setitem__(-1, "readyz")),
+        (
+            "readiness on the shared TCP probe port",
+            lambda d: _srv(d).update(
+                readinessProbe={"httpGet": {"host": "localhost", "path": "/readyz", "port": PROBE_PORT}}
+            ),
+        ),
+        (
+            "readiness asks another socket",
+            lambda d: _srv(d)["readinessProbe"]["exec"]["command"].__setitem__(2, "--socket=/tmp/other.sock"),
+        ),
+        ("probe socket on the read-only root", lambda d: _set_arg(_srv(d), "--probe-socket", "/probe.sock")),
+        ("POD_NAME dropped", lambda d: _srv(d).update(env=[e for e in _srv(d)["env"] if e["name"] != "POD_NAME"])),
         ("grace period changed", lambda d: pod_spec(_ds(d)).update(terminationGracePeriodSeconds=10)),
         ("drain longer than grace", lambda d: _set_arg(_srv(d), "--drain-timeout", "45s")),
         (
-            "maxUnavailable changed",
-            lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].update(maxUnavailable=1),
+            "maxUnavailable back",
+            lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].update(maxUnavailable="10%"),
         ),
+        ("no surge", lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].pop("maxSurge")),
         ("token automounted", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=True)),
         (
             "scrape annotation removed",
