@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# Image of the agent: /eks-pod-identity-agent (subcommands server,
+# Image of the agent: /eks-pod-identity-agent (subcommands server, probe,
 # initialize) and /eks-pod-identity-init (the small privileged init binary).
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REPO:TAG .
