@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve pod credentials on the link-local agent addresses.
     Server(ServerArgs),
-    /// Create the pod-id-link0 link, its addresses and routes (privileged).
+    /// Create the pod-id-link0 link, its addresses and routes; set tcp_migrate_req (privileged).
     Initialize(InitializeArgs),
     /// Ask this pod's agent over its --probe-socket (kubelet exec probes).
     Probe(ProbeArgs),
