@@ -101,7 +101,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         return Err(ServerError::NoAllowedHosts);
     }
     let metrics = Arc::new(Metrics::new());
-    let instance = Arc::new(Instance::new(env("POD_NAME")));
+    let instance = Arc::new(Instance::new(env("POD_NAME"), clock.now_secs()));
     metrics.register_instance(&instance);
     let credentials = match credentials {
         Some(c) => Some(c),
@@ -168,6 +168,9 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             issuer,
             scope: args.cache_scope,
             memo_size: v.verified_token_cache_size,
+            strict: v.strict_verification,
+            node_name: v.node_name.clone().filter(|n| !n.is_empty()),
+            require_node_claim: v.require_node_claim,
         },
         keys.clone(),
         metrics.clone(),
@@ -346,7 +349,9 @@ pub async fn run(
         max_header_bytes: args.max_header_bytes,
     };
     let maintenance = cache.spawn_maintenance(Duration::from_secs(5));
-    let probes = Arc::new(Probes::new(listeners.credential_addrs(), keys.clone()));
+    // Readiness waits for keys only when tokens cannot be served without them.
+    let wait_for_keys = keys.clone().filter(|_| args.verify.strict_verification);
+    let probes = Arc::new(Probes::new(listeners.credential_addrs(), wait_for_keys));
     let server = Server::new(endpoint, limits.clone(), Some(metrics.clone()));
     for l in listeners.credentials {
         server.add_listener(l);

@@ -205,9 +205,22 @@ pub struct VerifyArgs {
     /// Periodic JWKS refresh (key rotation without unknown kids).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub jwks_refresh_interval: Duration,
-    /// Clock skew tolerated on exp/nbf.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// Clock skew tolerated on exp/nbf (upstream tolerates none).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub token_leeway: Duration,
+    /// Refuse (400) tokens local verification cannot decide (no keys loaded,
+    /// unknown kid after a refetch, no kid, another issuer) instead of
+    /// forwarding them to EKS Auth.
+    #[arg(long)]
+    pub strict_verification: bool,
+    /// This node's name (the manifests pass spec.nodeName): tokens whose
+    /// kubernetes.io node claim names another node are refused.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// With --node-name: also refuse tokens without a node claim (clusters
+    /// before Kubernetes 1.30 issue none).
+    #[arg(long, requires = "node_name")]
+    pub require_node_claim: bool,
     /// Kubernetes API URL for `--jwks-source apiserver` (default:
     /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
     #[arg(long)]

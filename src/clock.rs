@@ -21,6 +21,10 @@ pub type SharedClock = Arc<dyn Clock>;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place the real wall clock is read"
+    )]
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -42,6 +46,11 @@ impl ManualClock {
     /// issuer are valid at the start.
     pub fn starting_now() -> Arc<Self> {
         Arc::new(Self(AtomicU64::new(SystemClock.now_ms())))
+    }
+
+    /// Starts at `ms` since the epoch.
+    pub fn at_ms(ms: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(ms)))
     }
 
     pub fn advance(&self, by: Duration) {

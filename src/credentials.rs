@@ -38,7 +38,6 @@ pub struct Credentials {
     pub secret_access_key: Secret,
     pub session_token: Secret,
     pub account_id: String,
-    /// Epoch seconds.
     pub expiration: DateTime,
 }
 
@@ -64,9 +63,14 @@ impl Credentials {
     }
 
     /// The response body, built once and served from the cache as is.
+    /// `Expiration` has millisecond precision at most, trailing zeros
+    /// trimmed, as upstream prints the epoch seconds EKS Auth sends.
     pub fn to_body(&self) -> Bytes {
-        let expiration = self
-            .expiration
+        let millis = DateTime::from_secs_and_nanos(
+            self.expiration.secs(),
+            self.expiration.subsec_nanos() / 1_000_000 * 1_000_000,
+        );
+        let expiration = millis
             .fmt(Format::DateTime)
             .expect("epoch-second timestamps from EKS Auth are in RFC 3339 range");
         let wire = Wire {
@@ -80,10 +84,28 @@ impl Credentials {
     }
 }
 
-/// `arn:aws:sts::123456789012:assumed-role/role/session` → `123456789012`.
-pub fn account_from_arn(arn: &str) -> Option<&str> {
-    let account = arn.split(':').nth(4)?;
-    (!account.is_empty()).then_some(account)
+/// Why an ARN did not parse (aws-sdk-go-v2 `arn.Parse`'s errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ArnError {
+    #[error("arn: invalid prefix")]
+    Prefix,
+    #[error("arn: not enough sections")]
+    Sections,
+}
+
+/// `arn:aws:sts::123456789012:assumed-role/role/session` → `123456789012`,
+/// with upstream's parse rules: the `arn:` prefix and six `:`-separated
+/// sections are required; the account may be empty (then the JSON field is
+/// omitted).
+pub fn account_from_arn(arn: &str) -> Result<&str, ArnError> {
+    if !arn.starts_with("arn:") {
+        return Err(ArnError::Prefix);
+    }
+    let sections: Vec<&str> = arn.splitn(6, ':').collect();
+    match sections[..] {
+        [_, _, _, _, account, _] => Ok(account),
+        _ => Err(ArnError::Sections),
+    }
 }
 
 #[cfg(test)]
@@ -113,8 +135,11 @@ mod tests {
     fn account_ids() {
         assert_eq!(
             account_from_arn("arn:aws:sts::123456789012:assumed-role/r/s"),
-            Some("123456789012")
+            Ok("123456789012")
         );
-        assert_eq!(account_from_arn("garbage"), None);
+        assert_eq!(account_from_arn("arn:aws:sts:::assumed-role/r/s"), Ok(""));
+        assert_eq!(account_from_arn("garbage"), Err(ArnError::Prefix));
+        assert_eq!(account_from_arn("ARN:aws:sts::1:x"), Err(ArnError::Prefix));
+        assert_eq!(account_from_arn("arn:aws:sts::1"), Err(ArnError::Sections));
     }
 }

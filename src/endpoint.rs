@@ -2,13 +2,17 @@
 //!
 //! Contract (upstream v0.1.37 statuses and messages; error bodies are
 //! `text/plain` and end in a newline):
-//! - path other than `/v1/credentials` → 404 `404 page not found`;
-//! - rate limited (per client, then global) → 429 `Too Many Requests`;
-//! - `Host` (port and `[]` stripped) not an allowed host → 403
+//! - path other than `/v1/credentials` (matched unescaped) → 404 `404 page
+//!   not found`; a path that is not clean (`//v1/credentials`) → 307 to
+//!   the clean one, as Go's mux;
+//! - any method (upstream routes them all);
+//! - `Host` (of an absolute-form target, else the header; port and `[]`
+//!   stripped) not an allowed host → 403
 //!   `Access Denied. Called agent through invalid address, please use either [<hosts>] address not <host>`;
-//! - method other than GET → 405 (`Allow: GET`);
 //! - token = raw `Authorization` header; empty, unparsable, expired,
-//!   not-yet-valid, wrong audience or refused by local verification → 400;
+//!   not-yet-valid, wrong audience or refused by local verification → 400
+//!   with golang-jwt's words ([`crate::token`]);
+//! - rate limited (per workload, then global) → 429 `Too Many Requests`;
 //! - EKS Auth error → its status, `[<request-id>]: (<Code>): <message>, fault: client|server`;
 //!   EKS Auth unreachable, timed out, or an answer that is not a usable
 //!   credential → 500;
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use hyper::Request;
@@ -30,11 +34,9 @@ use tracing::debug;
 
 use crate::cache::{CredentialCache, FetchError, Outcome, TokenRef};
 use crate::clock::SharedClock;
-use crate::eksauth::EksAuthError;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::serve::{Handler, HttpResponse, text_response};
-use crate::token::TokenError;
 use crate::verify::{AdmitError, TokenGate};
 
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
@@ -44,8 +46,10 @@ pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 pub enum RequestError {
     #[error("404 page not found")]
     NotFound,
-    #[error("Method Not Allowed")]
-    Method,
+    /// A path that is not clean, as Go's mux answers it (not an error to
+    /// the client, but decided here with every other status).
+    #[error("<a href=\"{location}\">Temporary Redirect</a>.\n")]
+    Redirect { location: String, method: Method },
     #[error("Too Many Requests")]
     RateLimited(Limited),
     #[error(
@@ -62,28 +66,40 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
             RequestError::NotFound => StatusCode::NOT_FOUND,
-            RequestError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            RequestError::Redirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Host { .. } => StatusCode::FORBIDDEN,
             RequestError::Admit(_) => StatusCode::BAD_REQUEST,
-            RequestError::EksAuth(err) => match err.as_ref() {
-                EksAuthError::Service { status, .. } => {
-                    StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-                }
-                EksAuthError::Timeout(_)
-                | EksAuthError::Transport(_)
-                | EksAuthError::Incomplete(_)
-                | EksAuthError::Unreadable { .. }
-                | EksAuthError::Expiring { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            // EKS Auth's own error status passes through, as upstream's
+            // does; everything else that went wrong fetching is a 500.
+            RequestError::EksAuth(err) => err
+                .upstream_status()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 
     fn response(&self) -> HttpResponse {
-        let mut resp = text_response(self.status(), format!("{self}\n"));
-        if matches!(self, RequestError::Method) {
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
+        let RequestError::Redirect { location, method } = self else {
+            return text_response(self.status(), format!("{self}\n"));
+        };
+        // http.Redirect: an HTML body for GET, its type for GET and HEAD.
+        let body = if method == Method::GET {
+            Bytes::from(format!("{self}\n"))
+        } else {
+            Bytes::new()
+        };
+        let mut resp = hyper::Response::new(Full::new(body));
+        *resp.status_mut() = self.status();
+        if method == Method::GET || method == Method::HEAD {
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+        }
+        if let Ok(location) = HeaderValue::from_str(location) {
+            resp.headers_mut().insert(LOCATION, location);
         }
         resp
     }
@@ -155,21 +171,23 @@ impl CredentialEndpoint {
     async fn credentials(
         &self,
         req: &Request<Incoming>,
-        peer: SocketAddr,
         now_ms: u64,
     ) -> Result<(Bytes, Outcome), RequestError> {
         if req.uri().path() != CREDENTIALS_PATH {
-            return Err(RequestError::NotFound);
+            route_other(req)?;
         }
-        self.limiter
-            .check(peer.ip(), now_ms)
-            .map_err(RequestError::RateLimited)?;
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .unwrap_or_default();
+        // Go's server takes the host of an absolute-form target over the
+        // Host header; upstream compares what is left after port and
+        // brackets (we compare case-insensitively: hosts and IPv6 literals
+        // are, and no SDK sends upper case).
+        let host = match req.uri().authority() {
+            Some(authority) => authority.as_str(),
+            None => req
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+        };
         let bare = host_only(host);
         if !self
             .allowed_hosts
@@ -181,19 +199,17 @@ impl CredentialEndpoint {
                 allowed: self.allowed_display.clone(),
             });
         }
-        if req.method() != Method::GET {
-            return Err(RequestError::Method);
-        }
-        // httparse already refused control characters in header values; UTF-8
-        // validation (vectorized) is all that is left, and anything not
-        // base64url fails parsing on first sight.
-        let token = match req.headers().get(AUTHORIZATION) {
-            None => "",
-            Some(v) => std::str::from_utf8(v.as_bytes()).map_err(|_| {
-                AdmitError::Token(TokenError::Malformed("token is not valid UTF-8".into()))
-            })?,
-        };
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map_or(&b""[..], |v| v.as_bytes());
         let admitted = self.gate.admit(token, (now_ms / 1000) as i64).await?;
+        // Charged after admission, so the bucket is the workload's (a
+        // looping pod spends its own budget) and refused requests spend
+        // no global tokens.
+        self.limiter
+            .check(admitted.fairness_key, now_ms)
+            .map_err(RequestError::RateLimited)?;
         let token_ref = || TokenRef {
             raw: admitted.raw.clone(),
             hash: admitted.hash,
@@ -212,6 +228,92 @@ impl CredentialEndpoint {
     }
 }
 
+/// Paths other than `/v1/credentials`, as Go's `ServeMux` treats them: the
+/// path is matched unescaped, and one that is not clean (`//`, `/./`,
+/// `/../`) is redirected (307) to its clean form with the query kept.
+#[cold]
+fn route_other(req: &Request<Incoming>) -> Result<(), RequestError> {
+    let decoded = percent_decode(req.uri().path());
+    let clean = clean_path(&decoded);
+    if clean != decoded {
+        let mut location = escape_path(&clean);
+        if let Some(q) = req.uri().query() {
+            location.push('?');
+            location.push_str(q);
+        }
+        return Err(RequestError::Redirect {
+            location,
+            method: req.method().clone(),
+        });
+    }
+    if decoded == CREDENTIALS_PATH.as_bytes() {
+        return Ok(());
+    }
+    Err(RequestError::NotFound)
+}
+
+/// `%XX` sequences decoded; invalid ones kept as written.
+fn percent_decode(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Go's `net/http.cleanPath`: `path.Clean` of the rooted path, keeping a
+/// trailing slash.
+fn clean_path(p: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for seg in p.split(|b| *b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            seg => parts.push(seg),
+        }
+    }
+    let mut out = Vec::with_capacity(p.len() + 1);
+    for seg in &parts {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if out.is_empty() || (p.ends_with(b"/") && !parts.is_empty()) {
+        out.push(b'/');
+    }
+    out
+}
+
+/// Go's `url.URL.EscapedPath` for a path without a raw form.
+fn escape_path(p: &[u8]) -> String {
+    let mut out = String::with_capacity(p.len());
+    for &c in p {
+        if c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
 impl Handler for CredentialEndpoint {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
@@ -220,7 +322,7 @@ impl Handler for CredentialEndpoint {
             // hyper drops this future when the client hangs up mid-request;
             // the guard keeps the gauge right either way.
             let _in_flight = InFlight::enter(&self.metrics.in_flight);
-            self.credentials(&req, peer, now_ms).await
+            self.credentials(&req, now_ms).await
         };
         let (resp, outcome) = match result {
             Ok((body, outcome)) => (json_response(body), outcome.as_str()),
@@ -285,5 +387,24 @@ mod tests {
         assert_eq!(host_only("[fd00:ec2::23]:80"), "fd00:ec2::23");
         assert_eq!(host_only("fd00:ec2::23"), "fd00:ec2::23");
         assert_eq!(host_only("localhost:8080"), "localhost");
+    }
+
+    #[test]
+    fn paths_clean_like_go() {
+        for (input, clean) in [
+            ("//v1/credentials", "/v1/credentials"),
+            ("/v1/./credentials", "/v1/credentials"),
+            ("/v1/x/../credentials", "/v1/credentials"),
+            ("/../v1/credentials", "/v1/credentials"),
+            ("/v1/credentials/", "/v1/credentials/"),
+            ("/a//b/", "/a/b/"),
+            ("/", "/"),
+            ("//", "/"),
+        ] {
+            assert_eq!(clean_path(input.as_bytes()), clean.as_bytes(), "{input}");
+        }
+        assert_eq!(percent_decode("/v1/%63redentials"), b"/v1/credentials");
+        assert_eq!(percent_decode("/a%zz%4"), b"/a%zz%4");
+        assert_eq!(escape_path(b"/a b/\xc3\xa9"), "/a%20b/%C3%A9");
     }
 }

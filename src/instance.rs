@@ -9,7 +9,6 @@
 //! (see [`crate::probe_socket`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::SystemTime;
 
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
@@ -36,11 +35,11 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(pod: Option<String>) -> Self {
-        let start = DateTime::from(SystemTime::now());
-        let start_time = DateTime::from_secs(start.secs())
+    /// `started_secs`: the injected clock's now, in seconds since the epoch.
+    pub fn new(pod: Option<String>, started_secs: u64) -> Self {
+        let start_time = DateTime::from_secs(started_secs as i64)
             .fmt(Format::DateTime)
-            .expect("the current time is within RFC 3339's range");
+            .expect("a u64 of seconds since the epoch is within RFC 3339's range");
         Self {
             id: format!("{:08x}", rand::random::<u32>()),
             pod: pod.unwrap_or_default(),
@@ -80,7 +79,7 @@ mod tests {
 
     #[test]
     fn phases_only_move_forward() {
-        let i = Instance::new(Some("agent-x".into()));
+        let i = Instance::new(Some("agent-x".into()), 1_776_018_901);
         assert_eq!(i.phase(), Phase::Starting);
         i.set_serving();
         assert_eq!(i.phase(), Phase::Serving);
@@ -88,7 +87,7 @@ mod tests {
         i.set_serving();
         assert_eq!(i.phase(), Phase::Draining);
         assert_eq!(i.id.len(), 8);
-        assert!(i.start_time.ends_with('Z'), "{}", i.start_time);
+        assert_eq!(i.start_time, "2026-04-12T18:35:01Z");
         assert_eq!(i.pod, "agent-x");
     }
 }

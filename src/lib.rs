@@ -8,6 +8,7 @@
 //! - [`endpoint`]: `/v1/credentials`, its errors and their one status function.
 //! - [`verify`]: admission: keyless checks, signature verification, the memo.
 //! - [`token`]: JWT parsing with upstream's (golang-jwt's) rules and messages.
+//! - [`gojson`]: JSON syntax and type errors worded as Go's `encoding/json`.
 //! - [`memo`]: the admitted-token memo (a token is checked once, not per request).
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
@@ -38,6 +39,7 @@ pub mod credentials;
 pub mod duration;
 pub mod eksauth;
 pub mod endpoint;
+pub mod gojson;
 pub mod instance;
 pub mod jwks;
 pub mod logging;

@@ -93,7 +93,7 @@ impl Metrics {
             request_duration: histogram_vec(
                 &r,
                 "pod_identity_request_duration_seconds",
-                "Credential request latency by outcome (hit, miss, coalesced, stale, negative, error).",
+                "Credential request latency by outcome (hit, miss, coalesced, stale, error).",
                 &["outcome"],
             ),
             in_flight: gauge(
@@ -154,7 +154,7 @@ impl Metrics {
             token_verifications: counter_vec(
                 &r,
                 "pod_identity_token_verifications_total",
-                "Local token checks by outcome (verified, cached, or the rejection reason).",
+                "Local token checks by outcome: verified, cached, inconclusive_<reason> (forwarded to EKS Auth), or the refusal reason.",
                 &["outcome"],
             ),
             jwks_fetches: counter_vec(

@@ -2,9 +2,12 @@
 //! server (which also serves `/metrics`).
 //!
 //! Upstream semantics: `GET http://<bind address>/` on every credential
-//! listener must answer 404 within one shared 10 s deadline → 200; deadline
-//! → 408; anything else → 500 `Internal Server Error occurred`. Readiness
-//! additionally waits for signing keys when a key source is configured.
+//! listener, one after the other, must answer 404 within one shared 10 s
+//! deadline → 200 (empty body); deadline → 408 (empty); anything else → 500
+//! `Internal Server Error occurred`. With
+//! `--strict-verification`, readiness also waits for signing keys (without
+//! keys every token would be refused); otherwise tokens are forwarded to EKS
+//! Auth until keys load, and the agent is ready.
 //!
 //! Those answers are about the node, not the process: with `SO_REUSEPORT`
 //! two agents share the probe port and the credential addresses during a
@@ -67,22 +70,27 @@ impl Probes {
         self.targets.write().expect("targets lock").push(addr);
     }
 
-    /// Every credential listener answers 404 on `/`.
+    /// Every credential listener answers 404 on `/`, asked one after the
+    /// other under one deadline (upstream's order: its "deadline is shared
+    /// across probes" case depends on it); the first failure decides.
     pub async fn healthy(&self) -> StatusCode {
         let targets = self.targets.read().expect("targets lock").clone();
-        let checks = targets.into_iter().map(|addr| {
-            let client = self.client.clone();
-            async move {
+        let all = async {
+            for addr in targets {
                 let req = Request::get(format!("http://{addr}/"))
                     .body(Empty::new())
-                    .expect("request from a socket address is valid");
-                matches!(client.request(req).await, Ok(r) if r.status() == StatusCode::NOT_FOUND)
+                    .expect("a request to a socket address is valid");
+                match self.client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
+                    _ => return false,
+                }
             }
-        });
-        match tokio::time::timeout(self.deadline, futures::future::join_all(checks)).await {
+            true
+        };
+        match tokio::time::timeout(self.deadline, all).await {
             Err(_) => StatusCode::REQUEST_TIMEOUT,
-            Ok(results) if results.iter().all(|ok| *ok) => StatusCode::OK,
-            Ok(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Ok(true) => StatusCode::OK,
+            Ok(false) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -139,14 +147,18 @@ impl Admin {
     }
 }
 
+/// Upstream's bodies: empty for 200 and 408, `Internal Server Error
+/// occurred` (no newline) for 500.
 fn probe_response(status: StatusCode) -> HttpResponse {
-    let body = match status {
-        StatusCode::OK => "ok\n",
-        StatusCode::REQUEST_TIMEOUT => "Request Timeout\n",
-        StatusCode::SERVICE_UNAVAILABLE => "signing keys not loaded yet\n",
-        _ => "Internal Server Error occurred\n",
-    };
-    text_response(status, body)
+    match status {
+        StatusCode::OK | StatusCode::REQUEST_TIMEOUT => {
+            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = status;
+            resp
+        }
+        StatusCode::SERVICE_UNAVAILABLE => text_response(status, "signing keys not loaded yet\n"),
+        _ => text_response(status, "Internal Server Error occurred"),
+    }
 }
 
 impl Handler for Admin {

@@ -207,7 +207,7 @@ mod tests {
         let listener = bind(&path).expect("stale socket replaced");
         assert!(matches!(bind(&path), Err(ProbeSocketError::InUse { .. })));
 
-        let instance = Arc::new(Instance::new(None));
+        let instance = Arc::new(Instance::new(None, 0));
         // No credential listeners: the upstream check trivially passes, so
         // the phase decides.
         let probes = Arc::new(InstanceProbes::new(

@@ -41,6 +41,10 @@ impl SharedFileCredentials {
         Self::new(path, interval)
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the SDK's identity cache compares expiry with the real wall clock"
+    )]
     async fn load(&self) -> provider::Result {
         let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
             warn!(path = %self.path.display(), error = %e, "cannot read the shared credentials file");

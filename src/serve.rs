@@ -1,7 +1,8 @@
 //! Hardened HTTP/1 serving shared by the credential, probe and metrics
 //! servers: a cap on open connections, a deadline for request heads (which
 //! also closes idle keep-alive connections), a request-head size limit (hyper
-//! answers 431 beyond it), and a bounded graceful drain.
+//! answers 431 beyond it), Go's refusal of HTTP/1.1 requests without `Host`,
+//! and a bounded graceful drain.
 //!
 //! Drain protocol (mini-redis shape): every connection task holds a clone of
 //! `done_tx`; shutdown flips `signal`, each connection finishes its in-flight
@@ -65,6 +66,25 @@ pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    resp
+}
+
+/// Go's server refuses an HTTP/1.1 request without `Host` before any
+/// handler sees it, with this exact status line and body, and closes.
+fn missing_host() -> HttpResponse {
+    const TEXT: &str = "400 Bad Request: missing required Host header";
+    let mut resp = Response::new(Full::new(Bytes::from_static(TEXT.as_bytes())));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"Bad Request: missing required Host header",
+        ));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -260,10 +280,17 @@ impl<H: Handler> AcceptCtx<H> {
                 }
                 let first = FirstRequest::default();
                 let begun = first.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     begun.begin();
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+                    async move {
+                        if req.version() == http::Version::HTTP_11
+                            && !req.headers().contains_key(http::header::HOST)
+                        {
+                            return Ok::<_, Infallible>(missing_host());
+                        }
+                        Ok(handler.handle(req, peer).await)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);

@@ -2,13 +2,25 @@
 //! the audience) and, when a key source is configured, JWKS signature
 //! verification with the Kubernetes-specific claim rules.
 //!
-//! Only a signature-verified token yields an [`Identity`], and with it an
-//! identity cache key; everything else is keyed by the token's hash.
-//! Admitted tokens are remembered by hash until they expire, so a token is
-//! RSA-verified once, not per request.
+//! Outcomes of local verification (README: "Verification decision table"):
+//! - **verified**: the token gets an [`Identity`] and an identity cache key;
+//! - **definite refusal** (400, EKS Auth never called): a known kid with a
+//!   bad signature, `alg` none/HS*/not the key's, a key embedded in the
+//!   header, claims that contradict each other, a node claim naming
+//!   another node (`--node-name`);
+//! - **inconclusive** (no key loaded, kid still unknown after the coalesced
+//!   refetch, no kid, issuer other than `--token-issuer`): the token goes
+//!   to EKS Auth like an unverified one, keyed by its hash, counted, and
+//!   warned about at most once a minute per reason; `--strict-verification`
+//!   refuses it instead.
+//!
+//! Only a signature-verified token yields an identity key; everything else
+//! is keyed by the token's hash. Admitted tokens are remembered until they
+//! expire or the key set changes, so a token is verified once, not per
+//! request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tracing::warn;
@@ -20,16 +32,20 @@ use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, Identity, Parsed, TokenError, TokenHash, Validity};
 
-/// Why a signature check refused a token. Messages name no key material and
-/// quote nothing from the token but its `alg`.
+/// Why local verification refused a token, or could not decide. Messages
+/// name no key material and quote nothing from the token but its `alg`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("token algorithm {0:?} is not allowed")]
     Algorithm(String),
+    #[error("token header carries its own key")]
+    EmbeddedKey,
     #[error("token has no key id")]
     MissingKid,
     #[error("token key id is unknown")]
     UnknownKid,
+    #[error("no signing keys are loaded")]
+    NoKeys,
     #[error("token algorithm does not match its key")]
     KeyMismatch,
     #[error("token signature is invalid")]
@@ -40,20 +56,40 @@ pub enum VerifyError {
     Subject,
     #[error("token kubernetes.io claims disagree with its subject")]
     KubernetesClaims,
+    #[error("token is bound to another node")]
+    OtherNode,
+    #[error("token has no node claim")]
+    NoNodeClaim,
 }
 
 impl VerifyError {
+    /// The `outcome` label of `pod_identity_token_verifications_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::Algorithm(_) => "algorithm",
+            VerifyError::EmbeddedKey => "embedded_key",
             VerifyError::MissingKid => "missing_kid",
             VerifyError::UnknownKid => "unknown_kid",
+            VerifyError::NoKeys => "no_keys",
             VerifyError::KeyMismatch => "key_mismatch",
             VerifyError::Signature => "signature",
             VerifyError::Issuer => "issuer",
             VerifyError::Subject => "subject",
             VerifyError::KubernetesClaims => "kubernetes_claims",
+            VerifyError::OtherNode => "other_node",
+            VerifyError::NoNodeClaim => "no_node_claim",
         }
+    }
+
+    /// Local keys could not decide; EKS Auth can.
+    pub fn inconclusive(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::MissingKid
+                | VerifyError::UnknownKid
+                | VerifyError::NoKeys
+                | VerifyError::Issuer
+        )
     }
 }
 
@@ -65,6 +101,9 @@ pub struct Admitted {
     pub hash: TokenHash,
     pub validity: Validity,
     pub key: CacheKey,
+    /// Whose bucket the per-client rate limit charges: the verified pod, or
+    /// the exact token.
+    pub fairness_key: u64,
     pub subject: Subject,
     pub verified: bool,
 }
@@ -83,6 +122,11 @@ pub struct GateConfig {
     pub issuer: Option<String>,
     pub scope: CacheScope,
     pub memo_size: u64,
+    /// Refuse inconclusive tokens instead of forwarding them.
+    pub strict: bool,
+    /// `--node-name`: tokens naming another node are refused.
+    pub node_name: Option<String>,
+    pub require_node_claim: bool,
 }
 
 pub struct TokenGate {
@@ -90,8 +134,10 @@ pub struct TokenGate {
     keys: Option<Arc<KeyStore>>,
     /// Admitted tokens with the key-store generation they were admitted under.
     memo: Memo<(u64, Arc<Admitted>)>,
+    fairness: ahash::RandomState,
     metrics: Arc<Metrics>,
-    warned_no_keys: AtomicBool,
+    /// Last warning per inconclusive reason (epoch seconds), one a minute.
+    warned: [AtomicU64; 4],
 }
 
 impl TokenGate {
@@ -100,21 +146,22 @@ impl TokenGate {
             memo: Memo::new(config.memo_size.max(1)),
             config,
             keys,
+            fairness: ahash::RandomState::new(),
             metrics,
-            warned_no_keys: AtomicBool::new(false),
+            warned: Default::default(),
         }
     }
 
     /// Admission at `now_secs`. A token seen before costs one memo lookup;
     /// the first sighting is parsed, hashed and verified (boxed, to keep
     /// the hit path's future small).
-    pub async fn admit(&self, raw: &str, now_secs: i64) -> Result<Arc<Admitted>, AdmitError> {
+    pub async fn admit(&self, raw: &[u8], now_secs: i64) -> Result<Arc<Admitted>, AdmitError> {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
-        let epoch = self.keys.as_ref().map_or(0, |k| k.generation());
-        if let Some((memo_epoch, admitted)) = self.memo.get(raw)
-            && memo_epoch == epoch
+        let generation = self.keys.as_ref().map_or(0, |k| k.generation());
+        if let Some((memo_generation, admitted)) = self.memo.get(raw)
+            && memo_generation == generation
         {
             admitted.validity.check(now_secs, self.config.leeway_secs)?;
             if admitted.verified {
@@ -122,69 +169,105 @@ impl TokenGate {
             }
             return Ok(admitted);
         }
-        Box::pin(self.admit_first(raw, now_secs, epoch)).await
+        Box::pin(self.admit_first(raw, now_secs, generation)).await
     }
 
     async fn admit_first(
         &self,
-        raw: &str,
+        raw: &[u8],
         now: i64,
-        epoch: u64,
+        generation: u64,
     ) -> Result<Arc<Admitted>, AdmitError> {
-        let parsed = token::parse(raw)?;
+        let parsed = token::parse(raw).inspect_err(|e| self.outcome(e.reason()))?;
         let validity = token::check_basic(
             &parsed.claims,
             &self.config.audience,
             now,
             self.config.leeway_secs,
         )
-        .inspect_err(|e| self.outcome(token_reason(e)))?;
+        .inspect_err(|e| self.outcome(e.reason()))?;
+        if let Err(err) = self.check_node(&parsed.claims) {
+            self.outcome(err.reason());
+            warn!(
+                reason = err.reason(),
+                node = self.config.node_name.as_deref(),
+                "refused a token bound to another node"
+            );
+            return Err(err.into());
+        }
         let identity = match &self.keys {
             None => None,
             Some(keys) => match self.verify(keys, &parsed).await {
-                Ok(identity) => identity,
+                Ok(identity) => {
+                    self.outcome("verified");
+                    Some(identity)
+                }
+                Err(err) if err.inconclusive() && !self.config.strict => {
+                    self.outcome(&format!("inconclusive_{}", err.reason()));
+                    self.warn_inconclusive(&err, now);
+                    None
+                }
                 Err(err) => {
                     self.outcome(err.reason());
                     return Err(err.into());
                 }
             },
         };
-        let verified = identity.is_some();
-        if self.keys.is_some() {
-            self.outcome(if verified { "verified" } else { "no_keys" });
-        }
-        let hash = TokenHash::of(raw);
-        let subject = subject_of(&parsed.claims);
-        let key = CacheKey::for_request(hash, identity.as_ref(), self.config.scope);
-        let raw: Arc<str> = Arc::from(raw);
+        let raw: Arc<str> = Arc::from(
+            std::str::from_utf8(raw).expect("a parsed token is UTF-8 (token::parse checks it)"),
+        );
+        let hash = TokenHash::of(&raw);
+        let fairness_key = match &identity {
+            Some(id) => self
+                .fairness
+                .hash_one((&id.namespace, &id.service_account, &id.pod_uid)),
+            None => self.fairness.hash_one(hash.0),
+        };
         let admitted = Arc::new(Admitted {
-            raw: raw.clone(),
             hash,
             validity,
-            key,
-            subject,
-            verified,
+            key: CacheKey::for_request(hash, identity.as_ref(), self.config.scope),
+            fairness_key,
+            subject: subject_of(&parsed.claims),
+            verified: identity.is_some(),
+            raw: raw.clone(),
         });
         self.memo.insert(
             raw,
             validity.expires.unwrap_or(i64::MAX),
-            (epoch, admitted.clone()),
+            (generation, admitted.clone()),
             now,
         );
         Ok(admitted)
     }
 
-    /// `Ok(None)`: no key has ever been loaded, so the token is admitted
-    /// unverified (EKS Auth still verifies it; the cache keys it by hash).
-    async fn verify(
-        &self,
-        keys: &KeyStore,
-        parsed: &Parsed<'_>,
-    ) -> Result<Option<Identity>, VerifyError> {
-        let (alg, _) = jwks::algorithm(&parsed.header.alg)
-            .ok_or_else(|| VerifyError::Algorithm(parsed.header.alg.clone()))?;
-        let kid = parsed
-            .header
+    /// `--node-name`: the node claim as written. Without local verification
+    /// this can only refuse: a forged claim naming this node still meets
+    /// EKS Auth's signature check.
+    fn check_node(&self, claims: &Claims) -> Result<(), VerifyError> {
+        let Some(node) = &self.config.node_name else {
+            return Ok(());
+        };
+        let claimed = claims
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.node.as_ref())
+            .and_then(|n| n.name.as_deref());
+        match claimed {
+            Some(name) if name != node => Err(VerifyError::OtherNode),
+            None if self.config.require_node_claim => Err(VerifyError::NoNodeClaim),
+            _ => Ok(()),
+        }
+    }
+
+    async fn verify(&self, keys: &KeyStore, parsed: &Parsed<'_>) -> Result<Identity, VerifyError> {
+        let header = &parsed.header;
+        let (alg, _) = jwks::algorithm(&header.alg)
+            .ok_or_else(|| VerifyError::Algorithm(header.alg.clone()))?;
+        if header.embeds_key {
+            return Err(VerifyError::EmbeddedKey);
+        }
+        let kid = header
             .kid
             .as_deref()
             .filter(|k| !k.is_empty())
@@ -192,20 +275,12 @@ impl TokenGate {
         let key = match keys.lookup(kid).await {
             KeyLookup::Found(key) => key,
             KeyLookup::Unknown => return Err(VerifyError::UnknownKid),
-            KeyLookup::NoKeys => {
-                if !self.warned_no_keys.swap(true, Ordering::Relaxed) {
-                    warn!(
-                        "no signing keys loaded yet; admitting tokens unverified (EKS Auth still checks them)"
-                    );
-                }
-                return Ok(None);
-            }
+            KeyLookup::NoKeys => return Err(VerifyError::NoKeys),
         };
         if !key.accepts(alg) {
             return Err(VerifyError::KeyMismatch);
         }
-        let ok = verify_signature(parsed, &key.decoding, alg);
-        if !ok {
+        if !verify_signature(parsed, &key.decoding, alg) {
             return Err(VerifyError::Signature);
         }
         let claims = &parsed.claims;
@@ -214,11 +289,31 @@ impl TokenGate {
         {
             return Err(VerifyError::Issuer);
         }
-        identity_of(claims).map(Some)
+        identity_of(claims)
+    }
+
+    fn warn_inconclusive(&self, err: &VerifyError, now: i64) {
+        let slot = match err {
+            VerifyError::NoKeys => 0,
+            VerifyError::UnknownKid => 1,
+            VerifyError::MissingKid => 2,
+            _ => 3,
+        };
+        let last = self.warned[slot].load(Ordering::Relaxed);
+        if now >= last as i64 + 60
+            && self.warned[slot]
+                .compare_exchange(last, now as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                reason = err.reason(),
+                "local verification inconclusive; forwarding the token to EKS Auth (keyed by the exact token)"
+            );
+        }
     }
 
     fn outcome(&self, outcome: &str) {
-        if self.keys.is_some() {
+        if self.keys.is_some() || self.config.node_name.is_some() {
             self.metrics
                 .token_verifications
                 .with_label_values(&[outcome])
@@ -232,18 +327,9 @@ fn verify_signature(parsed: &Parsed<'_>, key: &DecodingKey, alg: Algorithm) -> b
         .unwrap_or(false)
 }
 
-fn token_reason(e: &TokenError) -> &'static str {
-    match e {
-        TokenError::Empty => "empty",
-        TokenError::Malformed(_) => "malformed",
-        TokenError::Expired => "expired",
-        TokenError::NotYetValid => "not_yet_valid",
-        TokenError::Audience => "audience",
-    }
-}
-
 /// `sub` must be `system:serviceaccount:<ns>:<sa>`, and the `kubernetes.io`
-/// claims, when present, must name the same namespace and ServiceAccount.
+/// claims, when present, must be well-formed and name the same namespace
+/// and ServiceAccount.
 pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
     let sub = claims.sub.as_deref().ok_or(VerifyError::Subject)?;
     let rest = sub
@@ -253,11 +339,15 @@ pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
     if namespace.is_empty() || service_account.is_empty() || service_account.contains(':') {
         return Err(VerifyError::Subject);
     }
+    if claims.kubernetes_malformed {
+        return Err(VerifyError::KubernetesClaims);
+    }
     let mut identity = Identity {
         namespace: namespace.to_owned(),
         service_account: service_account.to_owned(),
         pod_name: None,
         pod_uid: None,
+        node_name: None,
     };
     if let Some(k) = &claims.kubernetes {
         if k.namespace.as_deref().is_some_and(|ns| ns != namespace) {
@@ -272,6 +362,7 @@ pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
             identity.pod_name = pod.name.clone();
             identity.pod_uid = pod.uid.clone().filter(|u| !u.is_empty());
         }
+        identity.node_name = k.node.as_ref().and_then(|n| n.name.clone());
     }
     Ok(identity)
 }

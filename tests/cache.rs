@@ -456,7 +456,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.emulator.calls_started(1).await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     let (body, outcome) = cache

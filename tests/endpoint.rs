@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pod_identity_agent::clock::ManualClock;
 use testkit::emulator::Faults;
 use testkit::issuer::{TokenSpec, now_secs};
 
@@ -75,6 +76,7 @@ async fn routing_and_host_check() {
     )
     .await;
     assert_eq!(r.status, 404);
+    // Upstream routes every method to the handler.
     let r = request(
         agent.addr,
         "POST",
@@ -83,8 +85,7 @@ async fn routing_and_host_check() {
         Some(&token),
     )
     .await;
-    assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.status, 200, "{}", r.body);
 
     for (host, bare) in [
         ("10.1.2.3", "10.1.2.3"),
@@ -103,7 +104,7 @@ async fn routing_and_host_check() {
         );
     }
     let r = get(agent.addr, "/v1/credentials", None, Some(&token)).await;
-    assert_eq!(r.status, 403, "no Host header");
+    assert_eq!(r.status, 400, "HTTP/1.1 without Host, as Go's server");
     for host in [
         "169.254.170.23",
         "169.254.170.23:80",
@@ -129,7 +130,7 @@ async fn token_checks_need_no_key() {
         ),
         (
             "e30.e30.c2ln".into(),
-            "Service account token cannot be parsed: token is malformed: could not JSON decode header\n",
+            "Service account token cannot be parsed: token is unverifiable: signing method (alg) is unspecified\n",
         ),
         (
             w.spec_token(&TokenSpec {
@@ -252,13 +253,24 @@ async fn incomplete_answers_are_500() {
     }
 }
 
-/// Credentials an SDK could not use are never a 200, and never cached.
+/// Credentials an SDK could not use are never a 200, and never cached
+/// (upstream internal/credsretriever/refreshing_cache_test.go "error out if
+/// ttl is too small": the message names the time actually left).
 #[tokio::test]
 async fn expired_or_expiring_credentials_are_500_and_not_cached() {
-    let w = World::start().await;
-    let agent = w.agent(&["--eks-auth-max-attempts", "1"]).await;
-    let t = w.token("default", "app", "p");
-    for (lifetime_s, calls) in [(-60, 2), (0, 4), (15, 6)] {
+    // One clock for agent and emulator, on a whole second: the time left is
+    // exactly the lifetime the emulator is told to give.
+    let start = now_secs();
+    let clock = ManualClock::at_ms(start as u64 * 1000);
+    let w = World::start_with_clock(clock.clone()).await;
+    let agent = w
+        .agent_with(w.agent_args(&["--eks-auth-max-attempts", "1"]), Some(clock))
+        .await;
+    let t = w.spec_token(&TokenSpec {
+        issued_at: Some(start),
+        ..TokenSpec::pod("default", "app", "p")
+    });
+    for (lifetime_s, left, calls) in [(-60, "-60.00", 2), (0, "0.00", 4), (15, "15.00", 6)] {
         w.emulator.set_faults(Faults {
             credential_lifetime_s: Some(lifetime_s),
             ..Default::default()
@@ -268,17 +280,19 @@ async fn expired_or_expiring_credentials_are_500_and_not_cached() {
             assert_eq!(r.status, 500, "lifetime {lifetime_s}s: {}", r.body);
             assert_eq!(
                 r.body,
-                "fetched credentials are expired or will expire within the next 15 seconds\n"
+                format!(
+                    "fetched credentials are expired or will expire within the next {left} seconds\n"
+                )
             );
             assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
         }
         assert_eq!(w.emulator.calls(), calls, "nothing was cached");
     }
     w.emulator.set_faults(Faults {
-        credential_lifetime_s: Some(60),
+        credential_lifetime_s: Some(16),
         ..Default::default()
     });
-    assert_eq!(agent.creds(&t).await.status, 200);
+    assert_eq!(agent.creds(&t).await.status, 200, "16 s left is usable");
 }
 
 /// A 2xx from EKS Auth whose body is not an answer is an error status, never
@@ -352,22 +366,19 @@ async fn unreachable_and_slow_eks_auth_are_500() {
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(r.body.starts_with("calling EKS Auth failed"), "{}", r.body);
 
+    // EKS Auth never answers in time: the 1 s attempt timeout, not the
+    // test's own deadline, ends the request.
     w.emulator.set_faults(Faults {
-        latency_ms: 1500,
+        latency_ms: 600_000,
         ..Default::default()
     });
     let agent = w.agent(&["--eks-auth-max-attempts", "1"]).await;
-    let started = std::time::Instant::now();
     let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(
         r.body.starts_with("calling EKS Auth timed out"),
         "{}",
         r.body
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(1450),
-        "the 1 s request timeout applies"
     );
 }
 

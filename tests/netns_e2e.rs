@@ -214,6 +214,13 @@ impl Node {
         });
     }
 
+    fn emulator_url(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("emulator.url"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
     }
@@ -223,6 +230,7 @@ impl Node {
             Command::new(testkit_bin())
                 .args(["mint-token", "--key-file"])
                 .arg(&self.key)
+                .args(["--issuer", self.emulator_url().as_str()])
                 .args([
                     "--namespace",
                     "default",

@@ -39,6 +39,9 @@ fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> T
             issuer: Some(ISSUER.into()),
             scope: CacheScope::Pod,
             memo_size,
+            strict: false,
+            node_name: None,
+            require_node_claim: false,
         },
         keys,
         metrics,
@@ -89,7 +92,10 @@ fn admission(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
                 let admitted = gate
-                    .admit(black_box(&distinct[i]), testkit::issuer::now_secs())
+                    .admit(
+                        black_box(distinct[i].as_bytes()),
+                        testkit::issuer::now_secs(),
+                    )
                     .now_or_never()
                     .expect("admission does not wait once keys are loaded")
                     .expect("token admitted");
@@ -101,13 +107,13 @@ fn admission(c: &mut Criterion) {
     {
         let gate = gate(Some(store.clone()), 20_000, metrics.clone());
         let token = &distinct[0];
-        gate.admit(token, testkit::issuer::now_secs())
+        gate.admit(token.as_bytes(), testkit::issuer::now_secs())
             .now_or_never()
             .expect("ready")
             .expect("admitted");
         group.bench_function("verified_cached", |b| {
             b.iter(|| {
-                gate.admit(black_box(token), testkit::issuer::now_secs())
+                gate.admit(black_box(token.as_bytes()), testkit::issuer::now_secs())
                     .now_or_never()
                     .expect("ready")
                     .expect("admitted")
@@ -120,10 +126,13 @@ fn admission(c: &mut Criterion) {
         group.bench_function("unverified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                gate.admit(black_box(&distinct[i]), testkit::issuer::now_secs())
-                    .now_or_never()
-                    .expect("ready")
-                    .expect("admitted")
+                gate.admit(
+                    black_box(distinct[i].as_bytes()),
+                    testkit::issuer::now_secs(),
+                )
+                .now_or_never()
+                .expect("ready")
+                .expect("admitted")
             })
         });
     }

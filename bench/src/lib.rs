@@ -1,10 +1,23 @@
-//! Support code for the load benchmark of the agent's credential cache
-//! (`bench/run`): a minimal keep-alive HTTP/1.1 client, child-process
-//! guards, token minting and latency statistics. Measures nothing by itself;
-//! see `src/bin/bench.rs` (the scenarios), `src/bin/baseline.rs` (the
-//! physical-limit server) and `benches/` (criterion micro-benchmarks).
+//! The load benchmark of the agent's credential cache (`bench/run`): the
+//! scenarios (`scenario`), what they share (`ctx`, `wrk`), the Markdown
+//! report (`report`) and support code (a minimal keep-alive HTTP/1.1 client,
+//! child-process guards, token minting, latency statistics). The `bench`
+//! binary (`src/bin/bench.rs`) parses the flags and runs them;
+//! `src/bin/baseline.rs` is the physical-limit server and `benches/` holds
+//! the criterion micro-benchmarks.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fakes and benchmarks stand in for the outside world and read its wall clock"
+)]
 
 pub mod client;
+pub mod ctx;
 pub mod procs;
+pub mod report;
+pub mod scenario;
 pub mod stats;
 pub mod tokens;
+pub mod wrk;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type R<T> = Result<T, Error>;

@@ -41,6 +41,17 @@ impl Placement {
     }
 }
 
+/// Appends `pid` to `<workdir>/pids`, for `bench/run`'s trap.
+pub fn record_pid(workdir: &Path, pid: u32) {
+    if let Ok(mut f) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(workdir.join("pids"))
+    {
+        let _ = writeln!(f, "{pid}");
+    }
+}
+
 pub struct Child {
     pub name: String,
     pub log: PathBuf,
@@ -57,13 +68,7 @@ impl Child {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let child = cmd.spawn()?;
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(workdir.join("pids"))
-        {
-            let _ = writeln!(f, "{}", child.id());
-        }
+        record_pid(workdir, child.id());
         Ok(Self {
             name: name.to_owned(),
             log,

@@ -21,11 +21,13 @@ fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let msg = format!("{test}: skipped, needs root to create network namespaces");
+    let why = "needs root to create network namespaces";
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true makes a skip a failure)");
+        panic!("{test}: {why} (CI=true makes a skip a failure)");
     }
-    eprintln!("{msg}");
+    // Past the harness's output capture: shown next to the test's name.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "test {test} ... SKIPPED: {why}");
     false
 }
 

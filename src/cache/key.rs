@@ -86,6 +86,7 @@ mod tests {
             service_account: "sa".into(),
             pod_name: Some("p".into()),
             pod_uid: None,
+            node_name: None,
         };
         assert_eq!(
             CacheKey::for_request(hash, Some(&id), CacheScope::Pod),

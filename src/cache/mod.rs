@@ -307,15 +307,23 @@ impl Inner {
         let result = self.eksauth.assume(&token.raw).await;
         let now = self.clock.now_ms();
         // Credentials an SDK could not use are an error, never a 200.
-        let result = result.and_then(|issued| {
-            if issued.credentials.expiration_ms() <= now + MIN_REMAINING.as_millis() as u64 {
-                Err(EksAuthError::Expiring {
-                    margin: MIN_REMAINING,
-                })
-            } else {
-                Ok(issued)
-            }
-        });
+        let result = result
+            .and_then(|issued| {
+                let remaining_ms = issued.credentials.expiration_ms() as i64 - now as i64;
+                if remaining_ms <= MIN_REMAINING.as_millis() as i64 {
+                    Err(EksAuthError::Expiring { remaining_ms })
+                } else {
+                    Ok(issued)
+                }
+            })
+            .map_err(|err| match err {
+                // Upstream words it so when its cache made the call.
+                EksAuthError::Arn { source, .. } if self.entries.is_some() => EksAuthError::Arn {
+                    source,
+                    via_cache: true,
+                },
+                other => other,
+            });
         match result {
             Ok(issued) => {
                 let body = issued.credentials.to_body();

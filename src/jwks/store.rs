@@ -8,10 +8,11 @@
 //! set is written to `--jwks-cache-path` (atomically) and loaded from there
 //! at start when the source is unreachable.
 //!
-//! Invariant: [`KeyStore::generation`] changes whenever a token judged
-//! before could be judged differently now: the first key set loaded (tokens
-//! admitted unverified get checked), a kid removed, or a kid's key material
-//! or algorithm replaced. Admission re-checks remembered tokens when it moves.
+//! Invariant: [`KeyStore::generation`] changes whenever the key set does:
+//! the first set loaded (tokens admitted unverified get checked), a kid
+//! added (tokens whose kid was unknown get verified), removed, or given
+//! other key material or another algorithm (tokens verified with the old
+//! key are refused). Admission re-checks remembered tokens when it moves.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -205,13 +206,13 @@ impl KeyStore {
             .map(|old| old.kid.as_str())
             .collect();
         let first = !self.loaded();
-        if first || !replaced.is_empty() {
+        let added = keys.keys().any(|kid| !guard.contains_key(kid));
+        if first || added || !replaced.is_empty() {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if !replaced.is_empty() {
             warn!(kids = ?replaced, "signing keys removed or replaced; tokens verified with them are checked again");
         }
-        let added = keys.keys().any(|kid| !guard.contains_key(kid));
         if first || added || !replaced.is_empty() {
             let mut kids: Vec<_> = keys.keys().cloned().collect();
             kids.sort();

@@ -111,7 +111,9 @@ pub struct TokenSpec {
     pub service_account: String,
     pub pod_name: String,
     pub pod_uid: String,
-    pub node: String,
+    /// `kubernetes.io.node.name`; `None` leaves the node claim out (clusters
+    /// before Kubernetes 1.30).
+    pub node: Option<String>,
     pub audience: Vec<String>,
     pub lifetime: Duration,
     /// `iat`/`nbf` in epoch seconds; now when `None`.
@@ -125,7 +127,7 @@ impl TokenSpec {
             service_account: service_account.into(),
             pod_name: pod_name.into(),
             pod_uid: uuid(),
-            node: "ip-10-0-0-1.ec2.internal".into(),
+            node: Some(NODE.into()),
             audience: vec!["pods.eks.amazonaws.com".into()],
             lifetime: Duration::from_secs(22 * 3600),
             issued_at: None,
@@ -134,6 +136,9 @@ impl TokenSpec {
 }
 
 /// A random (v4) UUID, as Kubernetes uses for uids and `jti`.
+/// The node tokens name by default.
+pub const NODE: &str = "ip-10-0-0-1.ec2.internal";
+
 pub fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -252,7 +257,7 @@ impl Issuer {
 
     pub fn claims(&self, spec: &TokenSpec) -> Value {
         let iat = spec.issued_at.unwrap_or_else(now_secs);
-        json!({
+        let mut claims = json!({
             "aud": spec.audience,
             "exp": iat + spec.lifetime.as_secs() as i64,
             "iat": iat,
@@ -260,13 +265,16 @@ impl Issuer {
             "jti": uuid(),
             "kubernetes.io": {
                 "namespace": spec.namespace,
-                "node": {"name": spec.node, "uid": uuid()},
                 "pod": {"name": spec.pod_name, "uid": spec.pod_uid},
                 "serviceaccount": {"name": spec.service_account, "uid": uuid()},
             },
             "nbf": iat,
             "sub": format!("system:serviceaccount:{}:{}", spec.namespace, spec.service_account),
-        })
+        });
+        if let Some(node) = &spec.node {
+            claims["kubernetes.io"]["node"] = json!({"name": node, "uid": uuid()});
+        }
+        claims
     }
 
     pub fn mint(&self, spec: &TokenSpec) -> Result<String, IssuerError> {

@@ -9,6 +9,10 @@
 //! - [`net`]: network fixtures (a blackholed address).
 //! - [`demo`]: issuer + emulator + agent on loopback, no AWS account.
 //! - [`cli`]: the `testkit` command line (`demo`, `emulator`, `mint-token`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fakes and benchmarks stand in for the outside world and read its wall clock"
+)]
 #![forbid(unsafe_code)]
 
 pub mod cli;

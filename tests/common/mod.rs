@@ -27,10 +27,14 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-/// Skips (returns true) outside CI; fails under CI.
+/// Skips (returns true) outside CI; fails under CI. The line goes to the
+/// process's stderr past the harness's capture, so `cargo test` shows
+/// `test <name> ... SKIPPED: <why>` without `--nocapture`.
 pub fn skip(why: &str) -> bool {
     assert!(!in_ci(), "cannot skip under CI=true: {why}");
-    eprintln!("SKIPPED: {why}");
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("test").to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "test {name} ... SKIPPED: {why}");
     true
 }
 
@@ -47,10 +51,20 @@ pub struct World {
 impl World {
     /// Issuer + emulator with associations default/app and ns2/app2.
     pub async fn start() -> Self {
+        Self::start_with_clock(pod_identity_agent::clock::system()).await
+    }
+
+    /// The emulator's time (token expiry, credential expiration) follows
+    /// `clock`; give the agent the same clock.
+    pub async fn start_with_clock(clock: SharedClock) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let issuer = Arc::new(Issuer::generate(url).unwrap());
-        let emulator = Arc::new(Emulator::new(issuer.clone()).with_cluster(CLUSTER));
+        let emulator = Arc::new(
+            Emulator::new(issuer.clone())
+                .with_cluster(CLUSTER)
+                .with_clock(clock),
+        );
         emulator.associate(Association::new("default", "app", ROLE));
         emulator.associate(Association::new("ns2", "app2", ROLE));
         emulator.add_node_credentials(NODE_AKID, NODE_SECRET);
@@ -113,6 +127,8 @@ pub struct Agent {
     pub metrics_addr: SocketAddr,
     pub cache: pod_identity_agent::cache::CredentialCache,
     pub metrics: Arc<pod_identity_agent::metrics::Metrics>,
+    /// The key store, when the agent verifies tokens.
+    pub keys: Option<Arc<pod_identity_agent::jwks::KeyStore>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -123,6 +139,7 @@ impl Agent {
         let built = app::build(opts).await.unwrap();
         let cache = built.cache.clone();
         let metrics = built.metrics.clone();
+        let keys = built.keys.clone();
         let listeners = app::bind(&args).await.unwrap();
         let addr = listeners.credential_addrs()[0];
         let probe = listeners.probe_addr();
@@ -137,9 +154,19 @@ impl Agent {
             metrics_addr,
             cache,
             metrics,
+            keys,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// One periodic key refresh, now (instead of waiting for the timer).
+    pub async fn refresh_keys(&self) {
+        self.keys
+            .as_ref()
+            .expect("the agent verifies tokens")
+            .refresh()
+            .await;
     }
 
     /// Starts the drain; returns whether it finished within the grace period.
@@ -246,7 +273,9 @@ pub fn parse_response(buf: &[u8]) -> Resp {
     }
 }
 
-/// Polls `f` until it holds or `within` passes.
+/// Polls `f` until it holds or `within` passes. For conditions with no
+/// event to await; `within` only bounds a failure, it is never a timing
+/// assertion.
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -256,6 +285,22 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// [`eventually`] for a condition that needs to await (a request per poll).
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f().await
 }
 
 pub fn bin() -> &'static str {

@@ -154,7 +154,9 @@ impl Emulator {
                 "sessionToken": fake_session_token(),
                 "secretAccessKey": STANDARD.encode(rand::random::<[u8; 30]>()),
                 "accessKeyId": format!("ASIA{}", random_upper(16)),
-                "expiration": now + lifetime_s,
+                "expiration": faults
+                    .credential_expiration
+                    .map_or(json!(now + lifetime_s), |e| json!(e)),
             },
         });
         if let (Some(field), Some(obj)) = (&faults.omit_field, answer.as_object_mut()) {

@@ -96,6 +96,9 @@ pub struct Faults {
     /// Credentials expire this many seconds after issue (may be negative);
     /// overrides the configured lifetime.
     pub credential_lifetime_s: Option<i64>,
+    /// `credentials.expiration` exactly as given (epoch seconds, possibly
+    /// fractional); overrides the lifetime.
+    pub credential_expiration: Option<f64>,
     /// `assumedRoleUser.arn` exactly as given (unparsable ARNs).
     pub role_arn: Option<String>,
     /// Answer every call with exactly this response (after the SigV4 check):

@@ -13,6 +13,8 @@ use crate::issuer::Issuer;
 #[derive(Deserialize)]
 struct PodClaims {
     sub: String,
+    #[serde(default)]
+    iss: Option<String>,
     exp: i64,
     #[serde(default)]
     nbf: Option<i64>,
@@ -71,6 +73,10 @@ pub(crate) fn check(issuer: &Issuer, token: &str, now_secs: i64) -> Result<PodId
         }
     })?;
     let claims = data.claims;
+    // EKS Auth knows the cluster's OIDC issuer.
+    if claims.iss.as_deref() != Some(issuer.url()) {
+        return Err(invalid("The token issuer is invalid."));
+    }
     if claims.exp <= now_secs {
         return Err(api_error(
             400,

@@ -9,7 +9,7 @@
 //! Errors: `{"__type":"<Code>","message":".."}` with 400 (AccessDenied,
 //! ExpiredToken, InvalidParameter, InvalidRequest, InvalidToken), 404
 //! (ResourceNotFound), 429 (Throttling), 500 (InternalServer), 503
-//! (ServiceUnavailable).
+//! (ServiceUnavailable); how they reach the pod is in [`error`].
 //!
 //! Client: aws-config default chain (env, profile, IMDS), timeouts connect
 //! 500 ms / attempt 1 s (upstream's), SDK standard retries, proxy from
@@ -23,17 +23,16 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_eksauth::error::{DisplayErrorContext, SdkError};
 use aws_sdk_eksauth::operation::RequestId;
-use aws_sdk_eksauth::operation::assume_role_for_pod_identity::{
-    AssumeRoleForPodIdentityError, AssumeRoleForPodIdentityOutput,
-};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityOutput;
 
 use crate::credentials::{Credentials, Secret, account_from_arn};
 use crate::metrics::Metrics;
 
-type Sdk = SdkError<AssumeRoleForPodIdentityError, HttpResponse>;
+mod error;
+
+use error::classify;
+pub use error::{EksAuthError, Fault, Modeled};
 
 #[derive(Clone)]
 pub struct EksAuthConfig {
@@ -54,75 +53,6 @@ pub struct Issued {
     pub association_id: Option<String>,
     pub assumed_role_arn: String,
     pub request_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    Client,
-    Server,
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Fault::Client => "client",
-            Fault::Server => "server",
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EksAuthError {
-    /// EKS Auth answered with an error; its HTTP status is passed to the pod.
-    #[error("[{request_id}]: ({code}): {message}, fault: {fault}")]
-    Service {
-        status: u16,
-        code: String,
-        message: String,
-        request_id: String,
-        fault: Fault,
-    },
-    #[error("calling EKS Auth timed out: {}", DisplayErrorContext(.0.as_ref()))]
-    Timeout(Box<Sdk>),
-    #[error("calling EKS Auth failed: {}", DisplayErrorContext(.0.as_ref()))]
-    Transport(Box<Sdk>),
-    #[error("EKS Auth response is missing {0}")]
-    Incomplete(&'static str),
-    /// A success status whose body is not an AssumeRoleForPodIdentity answer
-    /// (not JSON, wrong shape). Never passed through as a 200. The parser's
-    /// message is not kept: it can quote the body, which may hold secrets.
-    #[error(
-        "[{request_id}]: EKS Auth answered {status} with a body that is not a credential response"
-    )]
-    Unreadable { status: u16, request_id: String },
-    /// The credentials EKS Auth issued are already expired or expire within
-    /// the serving margin: an SDK could not use them.
-    #[error("fetched credentials are expired or will expire within the next {} seconds", .margin.as_secs())]
-    Expiring { margin: Duration },
-}
-
-impl EksAuthError {
-    /// The error code for metrics and logs.
-    pub fn code(&self) -> &str {
-        match self {
-            EksAuthError::Service { code, .. } => code,
-            EksAuthError::Timeout(_) => "Timeout",
-            EksAuthError::Transport(_) => "Transport",
-            EksAuthError::Incomplete(_) => "IncompleteResponse",
-            EksAuthError::Unreadable { .. } => "UnreadableResponse",
-            EksAuthError::Expiring { .. } => "ExpiringCredentials",
-        }
-    }
-
-    /// Answers that will not change by asking again with the same token:
-    /// the cache evicts the pod's credential and remembers the answer for a
-    /// while. Upstream's list, plus the two validation errors, which are just
-    /// as deterministic.
-    pub fn is_irrecoverable(&self) -> bool {
-        matches!(self, EksAuthError::Service { code, .. } if matches!(code.as_str(),
-            "AccessDeniedException" | "ExpiredTokenException" | "InvalidTokenException"
-            | "ResourceNotFoundException" | "InvalidParameterException" | "InvalidRequestException"))
-    }
 }
 
 #[derive(Clone)]
@@ -203,7 +133,12 @@ fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
             access_key_id: creds.access_key_id().to_owned(),
             secret_access_key: Secret::new(creds.secret_access_key()),
             session_token: Secret::new(creds.session_token()),
-            account_id: account_from_arn(user.arn()).unwrap_or_default().to_owned(),
+            account_id: account_from_arn(user.arn())
+                .map_err(|source| EksAuthError::Arn {
+                    source,
+                    via_cache: false,
+                })?
+                .to_owned(),
             expiration: *creds.expiration(),
         },
         association_id: out
@@ -212,35 +147,4 @@ fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
         assumed_role_arn: user.arn().to_owned(),
         request_id,
     })
-}
-
-fn classify(err: Sdk) -> EksAuthError {
-    match &err {
-        // A 2xx that failed to deserialize surfaces as an unhandled service
-        // error carrying the success status.
-        SdkError::ServiceError(service) if service.raw().status().is_success() => {
-            EksAuthError::Unreadable {
-                status: service.raw().status().as_u16(),
-                request_id: err.request_id().unwrap_or_default().to_owned(),
-            }
-        }
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            let meta = service.err().meta();
-            EksAuthError::Service {
-                status,
-                code: meta.code().unwrap_or("UnknownError").to_owned(),
-                message: meta.message().unwrap_or_default().to_owned(),
-                request_id: err.request_id().unwrap_or_default().to_owned(),
-                fault: if status >= 500 {
-                    Fault::Server
-                } else {
-                    Fault::Client
-                },
-            }
-        }
-        SdkError::TimeoutError(_) => EksAuthError::Timeout(Box::new(err)),
-        SdkError::DispatchFailure(d) if d.is_timeout() => EksAuthError::Timeout(Box::new(err)),
-        _ => EksAuthError::Transport(Box::new(err)),
-    }
 }

@@ -1,0 +1,183 @@
+//! The Markdown report: the run's header (date, commit, machine, CPU
+//! placement), one section per scenario that ran (`sections`), the medians
+//! of the criterion micro-benchmarks when `--criterion-dir` is given, and
+//! the targets, each reported as a ratio with "met" or "missed".
+
+mod sections;
+
+use std::path::{Path, PathBuf};
+
+use crate::ctx::{Ctx, online_cpus};
+use crate::scenario::hit::HitRow;
+use crate::scenario::memory::Memory;
+use crate::scenario::outage::Outage;
+use crate::scenario::rotation::Rotation;
+use crate::scenario::storm::Storm;
+use crate::stats::fmt_ns;
+
+/// Results of the scenarios that ran.
+#[derive(Default)]
+pub struct Report {
+    pub hit: Vec<HitRow>,
+    pub storm: Vec<Storm>,
+    pub rotation: Option<Rotation>,
+    pub memory: Option<Memory>,
+    pub outage: Option<Outage>,
+}
+
+/// What the report says about the run itself.
+pub struct RunInfo {
+    pub date: String,
+    pub commit: String,
+    pub quick: bool,
+    /// Seconds per measured wrk run.
+    pub duration: u64,
+    /// `target/criterion`, when the micro-benchmarks ran.
+    pub criterion_dir: Option<PathBuf>,
+}
+
+/// A row of the targets table: target, goal, measured, status.
+type Target = (String, String, String, &'static str);
+
+const CRITERION: &[(&str, &str)] = &[
+    (
+        "admission/verified_cold",
+        "Token admission, RS256 signature verified (verified-token memo miss)",
+    ),
+    (
+        "admission/verified_cached",
+        "Token admission, verified-token memo hit (same token again)",
+    ),
+    (
+        "admission/unverified_cold",
+        "Token admission without keys: SHA-256, JWT parse, claim checks (memo miss)",
+    ),
+    (
+        "token_hash/sha256",
+        "`TokenHash::of` on a real token (once per distinct token, at admission)",
+    ),
+    (
+        "cache/hit_1_key",
+        "`CredentialCache::get` hit, one warm key",
+    ),
+    (
+        "cache/hit_10000_keys",
+        "`CredentialCache::get` hit, rotating over 10,000 warm keys",
+    ),
+];
+
+fn criterion_median_ns(dir: &Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(id).join("new").join("estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| format!(", {:.0} GiB RAM", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} cores (`nproc`), {model}{mem}, Linux {}",
+        online_cpus(),
+        kernel.trim()
+    )
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+pub fn render(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
+    let mut o = String::new();
+    let mut line = |s: &str| {
+        o.push_str(s);
+        o.push('\n');
+    };
+    line("# Benchmark results");
+    line("");
+    line(
+        "Latest run of `bench/run`; see `bench/README.md` for what each scenario measures and how.",
+    );
+    line("Numbers are measurements, not assertions; targets are goals reported as ratios.");
+    line("");
+    line(&format!("- Date: {}", run.date));
+    line(&format!("- Commit: `{}`", run.commit));
+    line(&format!("- Machine: {}", machine()));
+    let placement = match (&ctx.placement.server_cpus, &ctx.placement.load_cpus) {
+        (Some(s), Some(l)) => format!(
+            "server under test (agent or baseline) pinned to CPU {s}; wrk, the Rust load client and the emulator pinned to CPU {l}"
+        ),
+        _ => "no CPU pinning (server and load generator share all cores)".into(),
+    };
+    line(&format!(
+        "- Mode: {} ({} s per wrk run, `wrk -t{}`); {placement}; release builds; loopback",
+        if run.quick { "quick" } else { "full" },
+        run.duration,
+        ctx.wrk_threads
+    ));
+    line("");
+
+    let mut targets: Vec<Target> = Vec::new();
+    if !r.hit.is_empty() {
+        sections::hit(&mut line, &r.hit, &mut targets);
+    }
+    if !r.storm.is_empty() {
+        sections::storm(&mut line, &r.storm, &mut targets);
+    }
+    if let Some(rotation) = &r.rotation {
+        sections::rotation(&mut line, rotation, ctx.rotation.len(), &mut targets);
+    }
+    if let Some(memory) = &r.memory {
+        sections::memory(&mut line, memory, &mut targets);
+    }
+    if let Some(outage) = &r.outage {
+        sections::outage(&mut line, outage, &mut targets);
+    }
+
+    line("## Micro-benchmarks (criterion, median)");
+    line("");
+    match &run.criterion_dir {
+        None => {
+            line("Skipped (`--quick`).");
+            line("");
+        }
+        Some(dir) => {
+            line("| benchmark | what | median |");
+            line("|---|---|---:|");
+            for (id, what) in CRITERION {
+                let v = criterion_median_ns(dir, id)
+                    .map(fmt_ns)
+                    .unwrap_or_else(|| "not run".into());
+                line(&format!("| `{id}` | {what} | {v} |"));
+            }
+            line("");
+        }
+    }
+
+    if !targets.is_empty() {
+        line("## Targets");
+        line("");
+        line("| target | goal | measured | status |");
+        line("|---|---|---|---|");
+        for (t, goal, m, status) in &targets {
+            line(&format!("| {t} | {goal} | {m} | {status} |"));
+        }
+        line("");
+    }
+    o
+}
