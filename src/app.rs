@@ -399,13 +399,6 @@ pub async fn run(
         None,
     );
     metrics_server.add_listener(listeners.metrics);
-    // Every credential listener is accepting from here on (and has been in
-    // the kernel's reuseport group since `bind`).
-    instance.set_serving();
-    let probe_socket = listeners.probe_socket.map(|(path, l)| {
-        let probes = Arc::new(InstanceProbes::new(instance.clone(), probes.clone()));
-        (path, crate::probe_socket::spawn(l, probes))
-    });
     let migrate_req = reuseport::migrate_req();
     info!(
         instance_id = %instance.id,
@@ -421,6 +414,14 @@ pub async fn run(
             "net.ipv4.tcp_migrate_req is not 1 (initialize sets it; Linux >= 5.14): connections queued on this agent when it stops will be reset instead of handed to the next agent"
         );
     }
+    // Every credential listener is accepting from here on (and has been in
+    // the kernel's reuseport group since `bind`). Logged first, so the line
+    // is there by the time the probe socket says ready.
+    instance.set_serving();
+    let probe_socket = listeners.probe_socket.map(|(path, l)| {
+        let probes = Arc::new(InstanceProbes::new(instance.clone(), probes.clone()));
+        (path, crate::probe_socket::spawn(l, probes))
+    });
 
     shutdown.await;
     instance.set_draining();

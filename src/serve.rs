@@ -204,24 +204,31 @@ impl<H: Handler> ListenerAdder<H> {
 
 /// Whether a connection's first request has begun, and a way to wait for it.
 #[derive(Clone, Default)]
-struct FirstRequest(Arc<(AtomicBool, Notify)>);
+struct FirstRequest(Arc<FirstRequestState>);
+
+#[derive(Default)]
+struct FirstRequestState {
+    begun: AtomicBool,
+    notify: Notify,
+}
 
 impl FirstRequest {
     fn begin(&self) {
         // A load on every request, a write only on the first.
-        if !self.0.0.load(Ordering::Acquire) && !self.0.0.swap(true, Ordering::AcqRel) {
-            self.0.1.notify_one();
+        let s = &self.0;
+        if !s.begun.load(Ordering::Acquire) && !s.begun.swap(true, Ordering::AcqRel) {
+            s.notify.notify_one();
         }
     }
 
     fn begun(&self) -> bool {
-        self.0.0.load(Ordering::Acquire)
+        self.0.begun.load(Ordering::Acquire)
     }
 
     /// Resolves once [`begin`](Self::begin) ran (`notify_one` keeps the
     /// wake-up if nobody waits yet).
     async fn wait(&self) {
-        self.0.1.notified().await;
+        self.0.notify.notified().await;
     }
 }
 
@@ -312,8 +319,8 @@ impl<H: Handler> AcceptCtx<H> {
                 // has read nothing yet. But the client connected to this
                 // agent and its request is on the way: closing would reset
                 // it. So wait for the first request to begin (hyper's header
-                // read timeout bounds the wait), then shut down, which
-                // answers it with `Connection: close`.
+                // read timeout bounds the wait), then shut down: hyper
+                // answers that request and closes.
                 if drained && !first.begun() {
                     drained = tokio::select! {
                         biased;
