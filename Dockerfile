@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# Image of the agent: /eks-pod-identity-agent (subcommands server, probe,
-# initialize) and /eks-pod-identity-init (the small privileged init binary).
+# Image of the agent: /eks-pod-identity-agent (subcommands server,
+# initialize, probe), /eks-pod-identity-init (the small privileged init binary) and
+# /go-runner (the launcher upstream's Helm chart puts in front of both:
+# command ['/go-runner', '/eks-pod-identity-agent', 'server']).
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REPO:TAG .
 #
@@ -29,7 +31,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,id=cargo-registry-${TARG
     --mount=type=cache,target=/src/target,id=eks-pod-identity-agent-target-${TARGETARCH},sharing=locked \
     cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
- && cp target/release/eks-pod-identity-agent target/release/eks-pod-identity-init /out/
+ && cp target/release/eks-pod-identity-agent target/release/eks-pod-identity-init \
+       target/release/go-runner /out/
 
 # glibc, libgcc and CA certificates, no shell or package manager. aws-lc is
 # linked statically into the binaries.
@@ -39,6 +42,7 @@ LABEL org.opencontainers.image.title="eks-pod-identity-agent" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/eks-pod-identity-agent /eks-pod-identity-agent
 COPY --from=build /out/eks-pod-identity-init /eks-pod-identity-init
+COPY --from=build /out/go-runner /go-runner
 # No USER: the image runs as root (UID 0), as upstream's does, on purpose.
 # - The init container must be root: it is privileged and configures the
 #   host network (a non-root process gets no capabilities even there).
@@ -51,8 +55,7 @@ COPY --from=build /out/eks-pod-identity-init /eks-pod-identity-init
 #   server as root with every capability dropped but NET_BIND_SERVICE, a
 #   read-only root filesystem and no privilege escalation
 #   (daemonset/base/daemonset.yaml). Root by default also suits the
-#   upstream Helm chart, which sets no user (its /go-runner command must be
-#   overridden, though). For local use as non-root, pass --user and a
-#   --port above 1023, or use the `demo` subcommand.
+#   upstream Helm chart, which sets no user and runs the image unchanged.
+#   For local use as non-root, pass --user and a --port above 1023.
 ENTRYPOINT ["/eks-pod-identity-agent"]
 CMD ["--help"]

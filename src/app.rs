@@ -16,10 +16,11 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
+use crate::ca_bundle::CaBundle;
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
-use crate::eksauth::{EksAuth, EksAuthConfig};
+use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
 use crate::instance::Instance;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
@@ -52,6 +53,8 @@ pub enum ServerError {
     #[error("invalid --allowed-hosts: empty")]
     NoAllowedHosts,
     #[error(transparent)]
+    CaBundle(#[from] crate::ca_bundle::CaBundleError),
+    #[error(transparent)]
     ProbeSocket(#[from] ProbeSocketError),
 }
 
@@ -64,7 +67,7 @@ pub struct Options {
     /// (or the shared credentials file with `--rotate-credentials`).
     pub credentials: Option<SharedCredentialsProvider>,
     /// Environment lookup (KUBERNETES_SERVICE_HOST/PORT, shared credentials
-    /// file, POD_NAME).
+    /// file, AWS_CA_BUNDLE, POD_NAME).
     pub env: fn(&str) -> Option<String>,
 }
 
@@ -110,7 +113,11 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         )),
         None => None,
     };
-    let eksauth = EksAuth::new(
+    let http_client = match CaBundle::path_from(args.ca_bundle.as_deref(), env) {
+        Some(path) => Some(CaBundle::load(&path)?.http_client()),
+        None => None,
+    };
+    let eksauth = EksAuth::with_http_client(
         EksAuthConfig {
             cluster_name: args.cluster_name.clone(),
             endpoint: args.endpoint.clone(),
@@ -120,6 +127,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             max_attempts: args.eks_auth_max_attempts,
             credentials,
         },
+        http_client,
         metrics.clone(),
     )
     .await;
@@ -181,8 +189,13 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             max_size: args.max_cache_size,
             max_service_qps: args.max_service_qps,
             negative_ttl: args.negative_cache_ttl,
+            gate: CallGateConfig {
+                rate: args.eks_auth_rate_limit,
+                burst: args.eks_auth_rate_burst,
+                queue_size: args.eks_auth_queue_size,
+            },
         },
-        eksauth,
+        Arc::new(eksauth),
         clock.clone(),
         metrics.clone(),
     );

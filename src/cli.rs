@@ -20,6 +20,9 @@ pub const EXIT_USAGE: i32 = 64;
     about = "Node-local credential agent for EKS Pod Identity"
 )]
 pub struct Cli {
+    /// Global, as upstream's persistent `-v`: before or after the subcommand.
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,16 +35,19 @@ pub enum Command {
     Server(ServerArgs),
     /// Create the pod-id-link0 link, its addresses and routes; set tcp_migrate_req (privileged).
     Initialize(InitializeArgs),
+    /// Print the version (upstream's `version` subcommand).
+    Version,
     /// Ask this pod's agent over its --probe-socket (kubelet exec probes).
     Probe(ProbeArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct InitializeArgs {
     #[command(flatten)]
     pub init: pod_identity_init::InitArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
+    /// Upstream (cobra) accepts and ignores positional arguments.
+    #[arg(hide = true)]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -106,7 +112,18 @@ pub struct ServerArgs {
     pub bind_hosts: Vec<String>,
     /// Hybrid nodes: take the agent's own AWS credentials from the shared
     /// credentials file ([default] profile), re-read every minute.
-    #[arg(long)]
+    /// `--rotate-credentials`, `--rotate-credentials true` (as upstream's
+    /// chart passes it) and `=true` enable it; `false` disables it (upstream
+    /// would enable it and ignore the word).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        value_name = "BOOL",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
     pub rotate_credentials: bool,
     /// With --rotate-credentials: how often the shared credentials file is re-read.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
@@ -117,6 +134,11 @@ pub struct ServerArgs {
     /// AWS region for EKS Auth (default: the SDK chain, env then IMDS).
     #[arg(long)]
     pub region: Option<String>,
+    /// PEM bundle trusted for EKS Auth (and other AWS calls) besides the
+    /// system roots: ISO partitions, TLS-intercepting proxies. Default: the
+    /// file named by AWS_CA_BUNDLE, as the other AWS SDKs read it.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Host header values accepted on the credential endpoint (port and [] stripped).
     #[arg(long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("fd00:ec2::23")])]
@@ -134,6 +156,17 @@ pub struct ServerArgs {
     /// Attempts per EKS Auth call (SDK standard retry); 1 disables retries.
     #[arg(long, default_value_t = 3)]
     pub eks_auth_max_attempts: u32,
+    /// Node-wide cap on EKS Auth calls per second (misses and refreshes
+    /// together), lowered while EKS Auth throttles; 0 disables.
+    #[arg(long, default_value_t = 20.0)]
+    pub eks_auth_rate_limit: f64,
+    /// Calls allowed at once above --eks-auth-rate-limit: a node start
+    /// (110 pods) is served in about half a second.
+    #[arg(long, default_value_t = 100)]
+    pub eks_auth_rate_burst: u32,
+    /// EKS Auth calls that may wait for the cap; beyond it requests get 503.
+    #[arg(long, default_value_t = 1000)]
+    pub eks_auth_queue_size: usize,
 
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -178,8 +211,19 @@ pub struct ServerArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ipv6_bind_wait: Duration,
 
-    #[command(flatten)]
-    pub log: LogArgs,
+    /// Upstream (cobra) accepts and ignores positional arguments; main logs
+    /// a warning naming them.
+    #[arg(hide = true)]
+    pub ignored: Vec<String>,
+}
+
+/// Go's `strconv.ParseBool`, the values pflag accepts for a bool flag.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (true or false)")),
+    }
 }
 
 /// Local token verification (JWKS). Default `none`: upstream behaviour,

@@ -80,7 +80,11 @@ impl Credentials {
             account_id: &self.account_id,
             expiration: &expiration,
         };
-        Bytes::from(serde_json::to_vec(&wire).expect("string fields always serialize"))
+        let mut body = serde_json::to_vec(&wire).expect("string fields always serialize");
+        // The serializer doubles its buffer as it goes; the body lives as
+        // long as its cache entry, so it keeps only its own length.
+        body.shrink_to_fit();
+        Bytes::from(body)
     }
 }
 

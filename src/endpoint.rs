@@ -34,6 +34,7 @@ use tracing::debug;
 
 use crate::cache::{CredentialCache, FetchError, Outcome, TokenRef};
 use crate::clock::SharedClock;
+use crate::eksauth::EksAuthError;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::serve::{Handler, HttpResponse, text_response};
@@ -70,6 +71,10 @@ impl RequestError {
             RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Host { .. } => StatusCode::FORBIDDEN,
             RequestError::Admit(_) => StatusCode::BAD_REQUEST,
+            // Our own queue being full is a 503, which SDKs retry.
+            RequestError::EksAuth(err) if matches!(**err, EksAuthError::Saturated { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             // EKS Auth's own error status passes through, as upstream's
             // does; everything else that went wrong fetching is a 500.
             RequestError::EksAuth(err) => err
@@ -216,13 +221,7 @@ impl CredentialEndpoint {
             expires: admitted.validity.expires,
         };
         self.cache
-            .get(
-                &admitted.key,
-                admitted.hash,
-                token_ref,
-                &admitted.subject,
-                now_ms,
-            )
+            .get(&admitted.key, admitted.hash, token_ref, now_ms)
             .await
             .map_err(RequestError::EksAuth)
     }

@@ -13,6 +13,7 @@
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
+//! - [`ca_bundle`]: `--ca-bundle`/`AWS_CA_BUNDLE`, extra roots for AWS calls.
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
 //! - [`serve`]: hardened HTTP/1 serving shared by every listener.
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod ca_bundle;
 pub mod cache;
 pub mod cli;
 pub mod clock;

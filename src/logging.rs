@@ -9,7 +9,7 @@ use tracing_subscriber::filter::LevelFilter;
 use crate::cli::{LogArgs, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid verbosity {0:?}: expected trace, debug, info, warn or error")]
+#[error("invalid verbosity {0:?}: expected trace, debug, info, warn, error, fatal or panic")]
 pub struct BadLevel(String);
 
 pub fn level(verbosity: &str) -> Result<LevelFilter, BadLevel> {
@@ -18,7 +18,8 @@ pub fn level(verbosity: &str) -> Result<LevelFilter, BadLevel> {
         "debug" => Ok(LevelFilter::DEBUG),
         "info" => Ok(LevelFilter::INFO),
         "warn" | "warning" => Ok(LevelFilter::WARN),
-        "error" => Ok(LevelFilter::ERROR),
+        // logrus's two levels above error, which upstream's -v accepts.
+        "error" | "fatal" | "panic" => Ok(LevelFilter::ERROR),
         other => Err(BadLevel(other.to_owned())),
     }
 }

@@ -23,13 +23,19 @@ fn main() -> ExitCode {
             };
         }
     };
-    let log = match &cli.command {
-        Command::Server(a) => &a.log,
-        Command::Initialize(a) => &a.log,
-        // Run by the kubelet every period: no logging, no runtime.
-        Command::Probe(a) => return probe(a),
-    };
-    if let Err(e) = logging::init(log) {
+    if let Command::Version = cli.command {
+        // Upstream's wording, for scripts that read it.
+        println!(
+            "EKS Pod Identity Agent version {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Run by the kubelet every period: no logging, no runtime.
+    if let Command::Probe(args) = &cli.command {
+        return probe(args);
+    }
+    if let Err(e) = logging::init(&cli.log) {
         eprintln!("{e}");
         return ExitCode::from(EXIT_USAGE as u8);
     }
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Server(args) => {
+            warn_ignored(&args.ignored);
             let opts = app::Options::new(args.clone());
             let assembled = match app::build(opts).await {
                 Ok(a) => a,
@@ -62,21 +69,25 @@ async fn dispatch(command: Command) -> ExitCode {
             app::run(assembled, listeners, app::shutdown_signal()).await;
             ExitCode::SUCCESS
         }
-        Command::Initialize(args) => match pod_identity_init::run(&args.init).await {
-            Ok(outcome) => {
-                tracing::info!(
-                    changed = outcome.changed(),
-                    ipv6_skipped = outcome.ipv6_skipped().is_some(),
-                    "initialized"
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!(error = %e, errno = e.errno().map(|n| n as i32), "init failed");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Version => ExitCode::SUCCESS,
         Command::Probe(args) => probe(&args),
+        Command::Initialize(args) => {
+            warn_ignored(&args.ignored);
+            match pod_identity_init::run(&args.init).await {
+                Ok(outcome) => {
+                    tracing::info!(
+                        changed = outcome.changed(),
+                        ipv6_skipped = outcome.ipv6_skipped().is_some(),
+                        "initialized"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!(error = %e, errno = e.errno().map(|n| n as i32), "init failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -95,6 +106,14 @@ fn probe(args: &ProbeArgs) -> ExitCode {
             println!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Upstream (cobra) ignores positional arguments silently. Say so, but go
+/// on like upstream.
+fn warn_ignored(ignored: &[String]) {
+    if !ignored.is_empty() {
+        tracing::warn!(arguments = ?ignored, "ignoring positional arguments, as upstream does");
     }
 }
 

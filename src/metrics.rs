@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -22,6 +22,12 @@ pub struct Metrics {
     pub negative_hits: IntCounter,
     pub stale_served: IntCounter,
     pub eksauth_calls: IntCounterVec,
+    pub calls_avoided: IntCounterVec,
+    pub eksauth_allowed_rate: Gauge,
+    pub eksauth_throttled: IntCounter,
+    pub eksauth_queue_depth: IntGauge,
+    pub eksauth_queue_wait: Histogram,
+    pub eksauth_queue_rejected: IntCounter,
     pub eksauth_duration: HistogramVec,
     pub token_verifications: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
@@ -29,6 +35,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub open_connections: IntGauge,
     pub rejected_connections: IntCounter,
+    /// No labels; a vector only so the series is absent until set.
+    pub ready: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -51,6 +59,13 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique within the registry");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric names are unique within the registry");
     g
@@ -145,6 +160,50 @@ impl Metrics {
                 "AssumeRoleForPodIdentity calls by result code (OK or the error code).",
                 &["code"],
             ),
+            calls_avoided: counter_vec(
+                &r,
+                "pod_identity_eksauth_calls_avoided_total",
+                "EKS Auth calls not made because the identity is backing off after a recoverable failure (its last answer was replayed).",
+                &["reason"],
+            ),
+            eksauth_allowed_rate: {
+                let g = Gauge::new(
+                    "pod_identity_eksauth_allowed_rate",
+                    "EKS Auth calls per second the node-wide gate currently allows (lowered by throttling).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric names are unique within the registry");
+                g
+            },
+            eksauth_throttled: counter(
+                &r,
+                "pod_identity_eksauth_rate_decreases_total",
+                "Times a throttling answer lowered the allowed EKS Auth call rate.",
+            ),
+            eksauth_queue_depth: gauge(
+                &r,
+                "pod_identity_eksauth_queue_depth",
+                "EKS Auth calls waiting for the node-wide gate.",
+            ),
+            eksauth_queue_wait: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pod_identity_eksauth_queue_wait_seconds",
+                        "Time EKS Auth calls waited for the node-wide gate.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("static metric definition");
+                r.register(Box::new(h.clone()))
+                    .expect("metric names are unique within the registry");
+                h
+            },
+            eksauth_queue_rejected: counter(
+                &r,
+                "pod_identity_eksauth_queue_rejected_total",
+                "Requests refused (503) because the EKS Auth call queue was full.",
+            ),
             eksauth_duration: histogram_vec(
                 &r,
                 "pod_identity_eksauth_duration_seconds",
@@ -183,6 +242,12 @@ impl Metrics {
                 &r,
                 "pod_identity_rejected_connections_total",
                 "Connections closed at once because --max-connections were open.",
+            ),
+            ready: gauge_vec(
+                &r,
+                "pod_identity_ready",
+                "Outcome of the last readiness check (/readyz, the kubelet's probe): 1 ready, 0 not; absent before the first.",
+                &[],
             ),
             registry: r,
         }

@@ -16,6 +16,7 @@
 //! per-instance probe socket ([`crate::probe_socket`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,8 +37,13 @@ use crate::serve::{Handler, HttpResponse, text_response};
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `Probes::last_ready` before the first readiness check.
+const UNKNOWN: u8 = 2;
+
 pub struct Probes {
     deadline: Duration,
+    /// 1 ready, 0 not, [`UNKNOWN`].
+    last_ready: AtomicU8,
     targets: RwLock<Vec<SocketAddr>>,
     keys: Option<Arc<KeyStore>>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -58,6 +64,7 @@ impl Probes {
         let connector = HttpConnector::new();
         Self {
             deadline,
+            last_ready: AtomicU8::new(UNKNOWN),
             targets: RwLock::new(targets),
             keys,
             client: Client::builder(TokioExecutor::new())
@@ -95,10 +102,24 @@ impl Probes {
     }
 
     pub async fn ready(&self) -> StatusCode {
-        if self.keys.as_ref().is_some_and(|k| !k.loaded()) {
-            return StatusCode::SERVICE_UNAVAILABLE;
+        let status = if self.keys.as_ref().is_some_and(|k| !k.loaded()) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            self.healthy().await
+        };
+        self.last_ready.store(
+            if status == StatusCode::OK { 1 } else { 0 },
+            Ordering::Relaxed,
+        );
+        status
+    }
+
+    /// The outcome of the last [`Probes::ready`], if there was one.
+    pub fn last_ready(&self) -> Option<bool> {
+        match self.last_ready.load(Ordering::Relaxed) {
+            UNKNOWN => None,
+            v => Some(v == 1),
         }
-        self.healthy().await
     }
 }
 
@@ -167,7 +188,18 @@ impl Handler for Admin {
             "/healthz" => probe_response(self.probes.healthy().await),
             "/readyz" => probe_response(self.probes.ready().await),
             "/metrics" if self.metrics.is_some() => {
-                let body = self.metrics.as_ref().expect("checked above").render();
+                let metrics = self.metrics.as_ref().expect("checked above");
+                // Readiness as a metric, for alerting without kube-state-metrics:
+                // the kubelet's last /readyz, not a check of its own (that would
+                // add the check's 404s to pod_identity_http_response on every
+                // scrape). Absent until the first readiness probe.
+                if let Some(ready) = self.probes.last_ready() {
+                    metrics
+                        .ready
+                        .with_label_values::<&str>(&[])
+                        .set(i64::from(ready));
+                }
+                let body = metrics.render();
                 let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,

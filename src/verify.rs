@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tracing::warn;
 
-use crate::cache::{CacheKey, Subject};
+use crate::cache::CacheKey;
 use crate::cli::CacheScope;
 use crate::jwks::{self, KeyLookup, KeyStore};
 use crate::memo::Memo;
@@ -104,7 +104,6 @@ pub struct Admitted {
     /// Whose bucket the per-client rate limit charges: the verified pod, or
     /// the exact token.
     pub fairness_key: u64,
-    pub subject: Subject,
     pub verified: bool,
 }
 
@@ -228,7 +227,6 @@ impl TokenGate {
             validity,
             key: CacheKey::for_request(hash, identity.as_ref(), self.config.scope),
             fairness_key,
-            subject: subject_of(&parsed.claims),
             verified: identity.is_some(),
             raw: raw.clone(),
         });
@@ -365,29 +363,4 @@ pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
         identity.node_name = k.node.as_ref().and_then(|n| n.name.clone());
     }
     Ok(identity)
-}
-
-/// Log fields; unverified claims are fine here and nowhere else.
-fn subject_of(claims: &Claims) -> Subject {
-    let (mut ns, mut sa) = (None, None);
-    if let Some((n, s)) = claims
-        .sub
-        .as_deref()
-        .and_then(|s| s.strip_prefix("system:serviceaccount:"))
-        .and_then(|r| r.split_once(':'))
-    {
-        ns = Some(Arc::from(n));
-        sa = Some(Arc::from(s));
-    }
-    let pod = claims
-        .kubernetes
-        .as_ref()
-        .and_then(|k| k.pod.as_ref())
-        .and_then(|p| p.name.as_deref())
-        .map(Arc::from);
-    Subject {
-        namespace: ns,
-        service_account: sa,
-        pod,
-    }
 }

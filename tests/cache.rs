@@ -137,9 +137,8 @@ async fn service_account_scope_shares_only_verified() {
 
 #[tokio::test]
 async fn six_hour_credentials_renew_at_three_hours() {
-    let w = World::start().await;
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let (w, clock) = World::with_manual_clock().await;
+    let agent = plain_agent(&w, None, &[]).await;
     let t = w.token("default", "app", "p");
     let first = akid(&agent.creds(&t).await);
     clock.advance(Duration::from_secs(3 * 3600 - 60));
@@ -164,10 +163,9 @@ async fn six_hour_credentials_renew_at_three_hours() {
 
 #[tokio::test]
 async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
-    let w = World::start().await;
+    let (w, clock) = World::with_manual_clock().await;
     w.emulator.set_credential_lifetime(Duration::from_secs(60));
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let agent = plain_agent(&w, None, &[]).await;
     let t = w.token("default", "app", "p");
     let first = akid(&agent.creds(&t).await);
     clock.advance(Duration::from_secs(40));
@@ -177,10 +175,6 @@ async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
         "20 s left: still served"
     );
     clock.advance(Duration::from_secs(6));
-    // The emulator's clock is the wall clock: give the next credential room
-    // beyond the agent's advanced clock.
-    w.emulator
-        .set_credential_lifetime(Duration::from_secs(3600));
     assert_ne!(
         akid(&agent.creds(&t).await),
         first,
@@ -190,9 +184,8 @@ async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
 
 #[tokio::test]
 async fn refresh_ahead_only_for_pods_that_keep_asking() {
-    let w = World::start().await;
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let (w, clock) = World::with_manual_clock().await;
+    let agent = plain_agent(&w, None, &[]).await;
     let active = w.token("default", "app", "active");
     let gone = w.token("default", "app", "gone");
     let active_first = akid(&agent.creds(&active).await);
@@ -239,11 +232,10 @@ async fn refresh_ahead_only_for_pods_that_keep_asking() {
 
 #[tokio::test]
 async fn idle_entries_age_out() {
-    let w = World::start().await;
+    let (w, clock) = World::with_manual_clock().await;
     w.emulator
         .set_credential_lifetime(Duration::from_secs(3600));
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &[]).await;
+    let agent = plain_agent(&w, None, &[]).await;
     for i in 0..5 {
         akid(
             &agent
@@ -261,9 +253,8 @@ async fn idle_entries_age_out() {
 
 #[tokio::test]
 async fn stale_on_recoverable_error_then_recovery() {
-    let w = World::start().await;
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &["--eks-auth-max-attempts", "1"]).await;
+    let (w, clock) = World::with_manual_clock().await;
+    let agent = plain_agent(&w, None, &["--eks-auth-max-attempts", "1"]).await;
     let t = w.token("default", "app", "p");
     let first = akid(&agent.creds(&t).await);
     clock.advance(Duration::from_secs(3 * 3600 + 1));
@@ -312,8 +303,7 @@ async fn irrecoverable_errors_evict_and_are_remembered_briefly() {
         ("InvalidTokenException", 400),
         ("ResourceNotFoundException", 404),
     ] {
-        let w = World::start().await;
-        let clock = ManualClock::starting_now();
+        let (w, clock) = World::with_manual_clock().await;
         let agent = plain_agent(
             &w,
             Some(clock.clone()),
@@ -384,9 +374,7 @@ async fn errors_reach_every_waiter_with_one_call() {
 /// HTTP client may or may not cancel its handler).
 #[tokio::test]
 async fn cancelled_first_caller_does_not_fail_the_others() {
-    use pod_identity_agent::cache::{
-        CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
-    };
+    use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
     use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
     use pod_identity_agent::metrics::Metrics;
     use pod_identity_agent::token::TokenHash;
@@ -426,8 +414,13 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             max_size: 100,
             max_service_qps: 3.0,
             negative_ttl: Duration::from_secs(5),
+            gate: pod_identity_agent::eksauth::CallGateConfig {
+                rate: 0.0,
+                burst: 0,
+                queue_size: 0,
+            },
         },
-        eksauth,
+        Arc::new(eksauth),
         pod_identity_agent::clock::system(),
         metrics.clone(),
     );
@@ -443,14 +436,13 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
         }
     };
     let first = {
-        let (cache, key, token_ref) = (cache.clone(), key.clone(), token_ref.clone());
+        let (cache, key, token_ref) = (cache.clone(), key, token_ref.clone());
         tokio::spawn(async move {
             cache
                 .get(
                     &key,
                     hash,
                     token_ref,
-                    &Subject::default(),
                     testkit::issuer::now_secs() as u64 * 1000,
                 )
                 .await
@@ -464,7 +456,6 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             &key,
             hash,
             token_ref,
-            &Subject::default(),
             testkit::issuer::now_secs() as u64 * 1000,
         )
         .await
@@ -512,9 +503,8 @@ async fn size_bound_is_honoured_and_zero_disables() {
 
 #[tokio::test]
 async fn background_refreshes_are_paced_at_max_service_qps() {
-    let w = World::start().await;
-    let clock = ManualClock::starting_now();
-    let agent = plain_agent(&w, Some(clock.clone()), &["--max-service-qps", "20"]).await;
+    let (w, clock) = World::with_manual_clock().await;
+    let agent = plain_agent(&w, None, &["--max-service-qps", "20"]).await;
     let tokens: Vec<String> = (0..10)
         .map(|i| w.token("default", "app", &format!("p{i}")))
         .collect();
@@ -526,11 +516,14 @@ async fn background_refreshes_are_paced_at_max_service_qps() {
         akid(&agent.creds(t).await);
     }
     clock.advance(Duration::from_secs(2 * 3600 + 35 * 60));
-    let started = std::time::Instant::now();
-    agent.cache.maintain().await;
-    let took = started.elapsed();
+    let pass = agent.cache.maintain().await;
     assert_eq!(w.emulator.calls(), 20, "all ten refreshed");
-    // Nine gaps of at least half of 1/20 s (jitter is 0.5–1.5 × the interval).
-    assert!(took >= Duration::from_millis(225), "paced: {took:?}");
+    assert_eq!(pass.refreshed, 10);
+    // Nine gaps of 0.5–1.5 × 1/20 s each (jittered).
+    assert!(
+        (Duration::from_millis(225)..=Duration::from_millis(675)).contains(&pass.paced),
+        "paced: {:?}",
+        pass.paced
+    );
     assert_eq!(agent.metrics.refreshes.with_label_values(&["ok"]).get(), 10);
 }

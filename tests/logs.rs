@@ -61,6 +61,18 @@ async fn run_agent_and_collect(format: &str) {
         .unwrap();
     tokens.push(forged.clone());
     assert_eq!(ask(forged).await.status, 400);
+    // More tokens local keys cannot decide: forwarded, and warned about once.
+    for i in 0..3 {
+        let t = w
+            .issuer
+            .sign_with_header(
+                &json!({"alg":"RS256","kid":format!("unknown-{i}")}),
+                &w.issuer.claims(&pod_a),
+            )
+            .unwrap();
+        tokens.push(t.clone());
+        assert_eq!(ask(t).await.status, 400, "EKS Auth refuses it");
+    }
     let no_assoc = w.token("default", "nobody", "pod-b");
     tokens.push(no_assoc.clone());
     assert_eq!(ask(no_assoc).await.status, 404);
@@ -89,6 +101,11 @@ async fn run_agent_and_collect(format: &str) {
         "per-request debug lines are there:\n{logs}"
     );
     assert!(logs.lines().count() > 10);
+    assert_eq!(
+        logs.matches("local verification inconclusive").count(),
+        1,
+        "the inconclusive warning is rate-limited:\n{logs}"
+    );
     if format == "json" {
         for line in logs.lines() {
             let v: serde_json::Value =

@@ -19,9 +19,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use pod_identity_agent::cache::{
-    CacheConfig, CacheKey, CredentialCache, Outcome, Subject, TokenRef,
-};
+use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
@@ -81,8 +79,13 @@ fn hit(c: &mut Criterion) {
                 max_size: 50_000,
                 max_service_qps: 3.0,
                 negative_ttl: Duration::from_secs(5),
+                gate: pod_identity_agent::eksauth::CallGateConfig {
+                    rate: 0.0,
+                    burst: 0,
+                    queue_size: 0,
+                },
             },
-            eksauth,
+            Arc::new(eksauth),
             pod_identity_agent::clock::system(),
             metrics,
         );
@@ -103,7 +106,6 @@ fn hit(c: &mut Criterion) {
                         hash,
                         expires: None,
                     },
-                    &Subject::default(),
                     SystemClock.now_ms(),
                 )
                 .await
@@ -113,7 +115,6 @@ fn hit(c: &mut Criterion) {
         }
         (cache, warm, emu)
     });
-    let subject = Subject::default();
     let no_token = || -> TokenRef { unreachable!("a hit never needs the token") };
 
     let mut group = c.benchmark_group("cache");
@@ -121,13 +122,7 @@ fn hit(c: &mut Criterion) {
         let w = &warm[0];
         b.iter(|| {
             let (body, outcome) = cache
-                .get(
-                    black_box(&w.key),
-                    w.hash,
-                    no_token,
-                    &subject,
-                    SystemClock.now_ms(),
-                )
+                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit");
@@ -141,13 +136,7 @@ fn hit(c: &mut Criterion) {
             i = (i + 1) % warm.len();
             let w = &warm[i];
             cache
-                .get(
-                    black_box(&w.key),
-                    w.hash,
-                    no_token,
-                    &subject,
-                    SystemClock.now_ms(),
-                )
+                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit")

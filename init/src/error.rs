@@ -32,7 +32,8 @@ pub enum InitError {
     #[error(
         "cannot create link {link}: the kernel has no `dummy` link driver \
          (CONFIG_DUMMY not built or module not loadable); \
-         use `--link-kind bridge` or `--link-kind ifb` instead"
+         use `--link-kind bridge` or `--link-kind ifb` instead (the default, \
+         `--link-kind auto`, falls back to a bridge)"
     )]
     NoDummyDriver {
         link: String,

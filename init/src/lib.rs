@@ -40,8 +40,9 @@ pub struct InitArgs {
     #[arg(long, default_value = "pod-id-link0")]
     pub link_name: String,
     /// Kind of link to create when it does not exist (an existing link is used
-    /// whatever its kind). Use bridge or ifb on kernels without the dummy driver.
-    #[arg(long, value_enum, default_value_t = LinkKind::Dummy)]
+    /// whatever its kind). auto: dummy, or bridge on kernels without the
+    /// dummy driver.
+    #[arg(long, value_enum, default_value_t = LinkKind::Auto)]
     pub link_kind: LinkKind,
     /// Delete the link (its addresses and routes go with it) instead of
     /// creating it. Succeeds when the link does not exist.
@@ -91,13 +92,17 @@ async fn setup(handle: &rtnetlink::Handle, args: &InitArgs) -> Result<Outcome, I
         Change::Made => {
             info!(link = %link.name, index = link.index, kind = found_kind, "created link")
         }
-        Change::Present if found_kind != args.link_kind.as_str() => info!(
-            link = %link.name,
-            index = link.index,
-            kind = found_kind,
-            requested_kind = %args.link_kind,
-            "link exists with another kind, using it"
-        ),
+        Change::Present
+            if args.link_kind != LinkKind::Auto && found_kind != args.link_kind.as_str() =>
+        {
+            info!(
+                link = %link.name,
+                index = link.index,
+                kind = found_kind,
+                requested_kind = %args.link_kind,
+                "link exists with another kind, using it"
+            )
+        }
         Change::Present => {
             info!(link = %link.name, index = link.index, kind = found_kind, "link exists")
         }

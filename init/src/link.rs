@@ -6,6 +6,8 @@ use nix::errno::Errno;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkIfb, LinkUnspec};
 
+use tracing::warn;
+
 use crate::error::{InitError, errno_of};
 use crate::outcome::Change;
 
@@ -14,7 +16,11 @@ use crate::outcome::Change;
 /// without `CONFIG_DUMMY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LinkKind {
+    /// `dummy`, or `bridge` (with a warning) when the kernel has no dummy
+    /// driver: upstream's Helm chart runs `initialize` with no way to pick
+    /// a kind, and a portless bridge carries the addresses just as well.
     #[default]
+    Auto,
     Dummy,
     Bridge,
     Ifb,
@@ -24,6 +30,7 @@ impl LinkKind {
     /// The kernel's `IFLA_INFO_KIND` string.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Dummy => "dummy",
             Self::Bridge => "bridge",
             Self::Ifb => "ifb",
@@ -32,7 +39,7 @@ impl LinkKind {
 
     fn message(self, name: &str) -> LinkMessage {
         match self {
-            Self::Dummy => LinkDummy::new(name).build(),
+            Self::Auto | Self::Dummy => LinkDummy::new(name).build(),
             Self::Bridge => LinkBridge::new(name).build(),
             Self::Ifb => LinkIfb::new(name).build(),
         }
@@ -121,19 +128,16 @@ pub(crate) async fn ensure(
     if let Some(link) = get(handle, name).await? {
         return Ok((link, Change::Present));
     }
-    let change = match handle.link().add(kind.message(name)).execute().await {
-        Ok(()) => Change::Made,
-        // Another init created it between our lookup and our request.
-        Err(e) if errno_of(&e) == Some(Errno::EEXIST) => Change::Present,
-        // rtnl_newlink's answer when no rtnl_link_ops is registered for the
-        // kind even after trying to load the module ("Unknown device type").
-        Err(e) if kind == LinkKind::Dummy && errno_of(&e) == Some(Errno::EOPNOTSUPP) => {
-            return Err(InitError::NoDummyDriver {
-                link: name.to_owned(),
-                source: e,
-            });
+    let change = match create(handle, name, kind).await {
+        Err(InitError::NoDummyDriver { source, .. }) if kind == LinkKind::Auto => {
+            warn!(
+                link = name,
+                error = %source,
+                "the kernel has no dummy link driver; creating a bridge instead"
+            );
+            create(handle, name, LinkKind::Bridge).await?
         }
-        Err(e) => return Err(InitError::from_netlink("create link", name, e)),
+        other => other?,
     };
     let link = get(handle, name)
         .await?
@@ -141,6 +145,26 @@ pub(crate) async fn ensure(
             link: name.to_owned(),
         })?;
     Ok((link, change))
+}
+
+async fn create(handle: &Handle, name: &str, kind: LinkKind) -> Result<Change, InitError> {
+    match handle.link().add(kind.message(name)).execute().await {
+        Ok(()) => Ok(Change::Made),
+        // Another init created it between our lookup and our request.
+        Err(e) if errno_of(&e) == Some(Errno::EEXIST) => Ok(Change::Present),
+        // rtnl_newlink's answer when no rtnl_link_ops is registered for the
+        // kind even after trying to load the module ("Unknown device type").
+        Err(e)
+            if matches!(kind, LinkKind::Dummy | LinkKind::Auto)
+                && errno_of(&e) == Some(Errno::EOPNOTSUPP) =>
+        {
+            Err(InitError::NoDummyDriver {
+                link: name.to_owned(),
+                source: e,
+            })
+        }
+        Err(e) => Err(InitError::from_netlink("create link", name, e)),
+    }
 }
 
 pub(crate) async fn set_up(handle: &Handle, link: &Link) -> Result<Change, InitError> {

@@ -251,12 +251,36 @@ fn init_twice_is_idempotent() {
 }
 
 #[test]
-fn default_dummy_works_or_names_the_alternative() {
-    if !privileged("default_dummy_works_or_names_the_alternative") {
+fn default_kind_is_dummy_or_a_bridge_without_the_driver() {
+    if !privileged("default_kind_is_dummy_or_a_bridge_without_the_driver") {
+        return;
+    }
+    // What upstream's Helm chart runs: `initialize` with no --link-kind.
+    let ns = Netns::new("auto");
+    let out = ns.init(&[]);
+    assert_exit(&out, 0);
+    if dummy_supported() {
+        assert_fully_set_up(&ns, "dummy");
+    } else {
+        assert_fully_set_up(&ns, "bridge");
+        let warned = logs(&out).into_iter().any(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("creating a bridge instead"))
+        });
+        assert!(warned, "the fallback is a warning: {}", stderr(&out));
+    }
+    assert_exit(&ns.init(&[]), 0);
+}
+
+#[test]
+fn explicit_dummy_works_or_names_the_alternative() {
+    if !privileged("explicit_dummy_works_or_names_the_alternative") {
         return;
     }
     let ns = Netns::new("dummy");
-    let out = ns.init(&[]);
+    let out = ns.init(&["--link-kind", "dummy"]);
     if dummy_supported() {
         assert_exit(&out, 0);
         assert_fully_set_up(&ns, "dummy");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::MIN_REMAINING;
-use super::key::{Subject, TokenRef};
+use super::key::TokenRef;
 use crate::token::TokenHash;
 
 pub(super) struct Entry {
@@ -23,8 +23,7 @@ pub(super) struct Entry {
     /// First bytes of `token.hash`, checked without the lock on every hit.
     pub(super) token_tag: AtomicU64,
     pub(super) token: Mutex<TokenRef>,
-    pub(super) subject: Subject,
-    pub(super) association_id: Option<String>,
+    pub(super) association_id: Option<Box<str>>,
 }
 
 impl Entry {

@@ -7,23 +7,34 @@
 use std::sync::Arc;
 
 use crate::cli::CacheScope;
-use crate::token::{Identity, TokenHash};
+use crate::token::{self, Identity, TokenHash};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A key is 33 bytes and allocates nothing: identities are kept as SHA-256
+/// digests, which are as strict as the identities themselves (collision
+/// resistance), and a cache of 10,000 pods holds no key strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CacheKey {
     /// Unverified token: only byte-equal tokens share a credential.
     Token(TokenHash),
-    /// Verified token: one credential per pod (the agent serves one cluster).
-    Pod {
-        namespace: Arc<str>,
-        service_account: Arc<str>,
-        pod_uid: Arc<str>,
-    },
-    /// Verified token, `--cache-scope service-account`.
-    ServiceAccount {
-        namespace: Arc<str>,
-        service_account: Arc<str>,
-    },
+    /// Verified token: one credential per pod (the agent serves one
+    /// cluster); digest of (namespace, serviceaccount, pod uid).
+    Pod(TokenHash),
+    /// Verified token, `--cache-scope service-account`; digest of
+    /// (namespace, serviceaccount).
+    ServiceAccount(TokenHash),
+}
+
+/// SHA-256 over NUL-separated parts: Kubernetes names and uids hold no NUL,
+/// so distinct identities never share an input.
+fn digest(parts: &[&str]) -> TokenHash {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    TokenHash(out)
 }
 
 impl CacheKey {
@@ -31,10 +42,9 @@ impl CacheKey {
     /// signature; without one the key is the token itself.
     pub fn for_request(hash: TokenHash, identity: Option<&Identity>, scope: CacheScope) -> Self {
         match (identity, scope) {
-            (Some(id), CacheScope::ServiceAccount) => CacheKey::ServiceAccount {
-                namespace: id.namespace.as_str().into(),
-                service_account: id.service_account.as_str().into(),
-            },
+            (Some(id), CacheScope::ServiceAccount) => {
+                CacheKey::ServiceAccount(digest(&[&id.namespace, &id.service_account]))
+            }
             (
                 Some(Identity {
                     namespace,
@@ -43,22 +53,41 @@ impl CacheKey {
                     ..
                 }),
                 CacheScope::Pod,
-            ) => CacheKey::Pod {
-                namespace: namespace.as_str().into(),
-                service_account: service_account.as_str().into(),
-                pod_uid: uid.as_str().into(),
-            },
+            ) => CacheKey::Pod(digest(&[namespace, service_account, uid])),
             _ => CacheKey::Token(hash),
         }
     }
 }
 
-/// Who is asking, for logs only (may come from unverified claims).
+/// Who is asking, for logs only: read from the token's (possibly
+/// unverified) claims when a log line needs it, never stored.
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
-    pub namespace: Option<Arc<str>>,
-    pub service_account: Option<Arc<str>>,
-    pub pod: Option<Arc<str>>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl Subject {
+    pub fn of(token: &str) -> Self {
+        let Ok(parsed) = token::parse(token.as_bytes()) else {
+            return Self::default();
+        };
+        let claims = parsed.claims;
+        let (namespace, service_account) = claims
+            .sub
+            .as_deref()
+            .and_then(|s| s.strip_prefix("system:serviceaccount:"))
+            .and_then(|r| r.split_once(':'))
+            .map(|(n, s)| (Some(n.to_owned()), Some(s.to_owned())))
+            .unwrap_or_default();
+        let pod = claims.kubernetes.and_then(|k| k.pod).and_then(|p| p.name);
+        Self {
+            namespace,
+            service_account,
+            pod,
+        }
+    }
 }
 
 /// A token the cache may use to fetch or refresh.
@@ -93,5 +122,15 @@ mod tests {
             CacheKey::Token(hash),
             "a verified token without a pod uid falls back to the token"
         );
+        let pod = |ns: &str, sa: &str, uid: &str| Identity {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            pod_uid: Some(uid.into()),
+            ..id.clone()
+        };
+        let key = |i: &Identity| CacheKey::for_request(hash, Some(i), CacheScope::Pod);
+        assert_eq!(key(&pod("ns", "sa", "u")), key(&pod("ns", "sa", "u")));
+        assert_ne!(key(&pod("ns", "sa", "u")), key(&pod("ns", "sau", "")));
+        assert_ne!(key(&pod("ns", "sa", "u")), key(&pod("nss", "a", "u")));
     }
 }

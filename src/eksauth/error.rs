@@ -127,6 +127,12 @@ pub enum EksAuthError {
     /// Upstream's wording; the cache adds its prefix as upstream's does.
     #[error("{}unable to parse arn from assumed role: {source}", if *.via_cache { "error getting credentials to cache: " } else { "" })]
     Arn { source: ArnError, via_cache: bool },
+    /// The node-wide call queue is full ([`super::CallGate`]): the request
+    /// is refused at once (503, which SDKs retry) rather than queued.
+    #[error(
+        "too many credential requests are waiting for EKS Auth ({queued} queued); retry shortly"
+    )]
+    Saturated { queued: usize },
     /// The credentials EKS Auth issued are already expired or expire within
     /// the serving margin: an SDK could not use them. `remaining_ms` is their
     /// time left when checked (negative when past), printed as upstream does.
@@ -146,6 +152,7 @@ impl EksAuthError {
             EksAuthError::Unreadable { .. } => "UnreadableResponse",
             EksAuthError::Arn { .. } => "InvalidRoleArn",
             EksAuthError::Expiring { .. } => "ExpiringCredentials",
+            EksAuthError::Saturated { .. } => "QueueFull",
         }
     }
 

@@ -25,14 +25,37 @@ use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_eksauth::operation::RequestId;
 use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityOutput;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use crate::credentials::{Credentials, Secret, account_from_arn};
 use crate::metrics::Metrics;
 
 mod error;
+mod gate;
 
 use error::classify;
 pub use error::{EksAuthError, Fault, Modeled};
+pub use gate::{CallGate, CallGateConfig, Class, Saturated};
+
+/// Where credentials come from: EKS Auth in production; a model of it in
+/// the fleet simulation (bench), which drives the real cache.
+pub trait Upstream: Send + Sync + 'static {
+    fn assume<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>>;
+
+    fn cluster_name(&self) -> &str;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl Upstream for EksAuth {
+    fn assume<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>> {
+        Box::pin(EksAuth::assume(self, token))
+    }
+
+    fn cluster_name(&self) -> &str {
+        EksAuth::cluster_name(self)
+    }
+}
 
 #[derive(Clone)]
 pub struct EksAuthConfig {
@@ -64,6 +87,15 @@ pub struct EksAuth {
 
 impl EksAuth {
     pub async fn new(config: EksAuthConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with_http_client(config, None, metrics).await
+    }
+
+    /// `http_client`: instead of the SDK's default HTTPS client (`--ca-bundle`).
+    pub async fn with_http_client(
+        config: EksAuthConfig,
+        http_client: Option<SharedHttpClient>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout)
             .operation_attempt_timeout(config.request_timeout)
@@ -79,6 +111,9 @@ impl EksAuth {
         }
         if let Some(credentials) = config.credentials {
             loader = loader.credentials_provider(credentials);
+        }
+        if let Some(client) = http_client {
+            loader = loader.http_client(client);
         }
         let sdk = loader.load().await;
         Self {

@@ -46,12 +46,24 @@ pub struct World {
     pub issuer: Arc<Issuer>,
     pub emulator: Arc<Emulator>,
     pub emu: RunningEmulator,
+    /// The world's time: the emulator's, the agents' (unless a test gives
+    /// one its own), and minted tokens' `iat`/`nbf`.
+    pub clock: SharedClock,
 }
 
 impl World {
     /// Issuer + emulator with associations default/app and ns2/app2.
     pub async fn start() -> Self {
         Self::start_with_clock(pod_identity_agent::clock::system()).await
+    }
+
+    /// A world whose time only moves when the test says so, starting on a
+    /// whole second of now: tokens, agents and the emulator agree on it.
+    pub async fn with_manual_clock() -> (Self, Arc<pod_identity_agent::clock::ManualClock>) {
+        let clock = pod_identity_agent::clock::ManualClock::at_ms(
+            testkit::issuer::now_secs() as u64 * 1000,
+        );
+        (Self::start_with_clock(clock.clone()).await, clock)
     }
 
     /// The emulator's time (token expiry, credential expiration) follows
@@ -63,7 +75,7 @@ impl World {
         let emulator = Arc::new(
             Emulator::new(issuer.clone())
                 .with_cluster(CLUSTER)
-                .with_clock(clock),
+                .with_clock(clock.clone()),
         );
         emulator.associate(Association::new("default", "app", ROLE));
         emulator.associate(Association::new("ns2", "app2", ROLE));
@@ -73,15 +85,22 @@ impl World {
             issuer,
             emulator,
             emu,
+            clock,
         }
     }
 
+    /// A pod token issued now (by the world's clock).
     pub fn token(&self, ns: &str, sa: &str, pod: &str) -> String {
-        self.issuer.mint(&TokenSpec::pod(ns, sa, pod)).unwrap()
+        self.spec_token(&TokenSpec::pod(ns, sa, pod))
     }
 
+    /// `spec`, issued now by the world's clock unless it says when.
     pub fn spec_token(&self, spec: &TokenSpec) -> String {
-        self.issuer.mint(spec).unwrap()
+        let mut spec = spec.clone();
+        spec.issued_at = spec
+            .issued_at
+            .or_else(|| Some(self.clock.now_secs() as i64));
+        self.issuer.mint(&spec).unwrap()
     }
 
     pub fn url(&self) -> String {
@@ -104,11 +123,10 @@ impl World {
         self.agent_with(self.agent_args(extra), None).await
     }
 
+    /// An agent with `args`; its clock is `clock`, else the world's.
     pub async fn agent_with(&self, args: ServerArgs, clock: Option<SharedClock>) -> Agent {
         let mut opts = app::Options::new(args.clone());
-        if let Some(c) = clock {
-            opts.clock = c;
-        }
+        opts.clock = clock.unwrap_or_else(|| self.clock.clone());
         opts.credentials = Some(SharedCredentialsProvider::new(Credentials::new(
             NODE_AKID,
             NODE_SECRET,

@@ -2,11 +2,13 @@
 """Packaging checks: the Kubernetes manifests in daemonset/ and the Dockerfile.
 
 Renders `kubectl kustomize` for the base (daemonset/), every overlay under
-daemonset/overlays/ and hybrid + apiserver-jwks combined, validates every
-object against the Kubernetes OpenAPI schemas shipped with kubernetes-validate
-(offline, strict), checks the invariants the agent depends on (privileges,
+daemonset/overlays/, hybrid + apiserver-jwks combined and
+daemonset/examples/helm-values, validates every object against the Kubernetes
+OpenAPI schemas shipped with kubernetes-validate (offline, strict; the
+Prometheus Operator objects, which have none, are checked field by field), checks the invariants the agent depends on (privileges,
 scheduling, surge rollouts without host ports, per-instance exec probes,
-shutdown timing, RBAC, flags that exist in src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
+shutdown timing, RBAC, flags that exist in
+src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
 rendered manifests (drops `privileged: true`, adds a capability, ...) and
 requires each mutation to be caught, so the checks cannot silently go blind.
 
@@ -50,6 +52,10 @@ PROXY_PORT = 80
 GRACE_SECONDS = 30
 DEFAULT_DRAIN = "20s"  # --drain-timeout default in src/cli.rs
 ISSUER_DISCOVERY_ROLE = "system:service-account-issuer-discovery"
+# Prometheus Operator objects of components/monitoring.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+MONITORING_RULES = DAEMONSET_DIR / "components" / "monitoring" / "rules.yaml"
+CA_BUNDLE_PATH = "/etc/pki/tls/certs/ca-bundle.crt"
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +264,8 @@ class CliFlags:
         t = self.subcommands.get(sub)
         if t is None:
             return None
-        return self._flags_of(self.agent_structs, t, set())
+        # Plus the global flags declared on the root (-v, --log-format).
+        return self._flags_of(self.agent_structs, t, set()) | self._flags_of(self.agent_structs, "Cli", set())
 
     def init_binary_flags(self) -> set[str]:
         flags: set[str] = set()
@@ -336,6 +343,18 @@ def is_hybrid_ds(ds: dict) -> bool:
             if e.get("key") == COMPUTE_TYPE and e.get("operator") == "In" and "hybrid" in (e.get("values") or []):
                 return True
     return False
+
+
+BOTTLEROCKET_KEYS = ("os.bottlerocket.aws/variant", "os.bottlerocket.aws/version")
+
+
+def is_bottlerocket_ds(ds: dict) -> bool:
+    """Scheduled only on nodes carrying the Bottlerocket labels."""
+    return any(
+        {e.get("key"): e.get("operator") for e in term.get("matchExpressions") or []}.get(k) == "Exists"
+        for term in node_terms(ds)
+        for k in BOTTLEROCKET_KEYS
+    )
 
 
 def node_terms(ds: dict) -> list[dict]:
@@ -593,12 +612,24 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliF
     vols = {v.get("name"): v for v in ps.get("volumes") or []}
     if hybrid:
         r.check("--rotate-credentials" in names, f"{at}: hybrid DaemonSet needs --rotate-credentials")
+        # nodeadm writes the credentials to /eks-hybrid/.aws, on Bottlerocket
+        # to /var/eks-hybrid/.aws; each DaemonSet must stay off the other's nodes.
+        bottlerocket = is_bottlerocket_ds(ds)
+        host_dir = "/var/eks-hybrid/.aws" if bottlerocket else "/eks-hybrid/.aws"
         ok = any(
             m.get("mountPath") == "/root/.aws"
-            and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == "/eks-hybrid/.aws"
+            and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == host_dir
             for n, m in mounts.items()
         )
-        r.check(ok, f"{at}: hybrid DaemonSet must mount hostPath /eks-hybrid/.aws at /root/.aws")
+        r.check(ok, f"{at}: hybrid DaemonSet must mount hostPath {host_dir} at /root/.aws")
+        want_op = "Exists" if bottlerocket else "DoesNotExist"
+        for i, term in enumerate(node_terms(ds)):
+            ops = {e.get("key"): e.get("operator") for e in term.get("matchExpressions") or []}
+            for k in BOTTLEROCKET_KEYS:
+                r.check(ops.get(k) == want_op, f"{at}: nodeSelectorTerms[{i}] must require {k} {want_op}")
+        if bottlerocket:
+            se = (sc.get("seLinuxOptions") or {}).get("type")
+            r.check(se == "spc_t", f"{at}: Bottlerocket needs seLinuxOptions.type spc_t to read the host's credentials")
     else:
         r.check("--rotate-credentials" not in names, f"{at}: --rotate-credentials only belongs on hybrid nodes")
 
@@ -686,7 +717,10 @@ def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
         bool(hybrid) == want_hybrid, f"{at}: hybrid DaemonSet {'missing' if want_hybrid else 'unexpected'} ({hybrid})"
     )
     if want_hybrid:
-        r.check(len(dss) == 2, f"{at}: expected the EC2 and the hybrid DaemonSet, got {sorted(dss)}")
+        r.check(
+            len(dss) == 3 and len([n for n in hybrid if is_bottlerocket_ds(dss[n])]) == 1,
+            f"{at}: expected the EC2, the hybrid and the hybrid Bottlerocket DaemonSets, got {sorted(dss)}",
+        )
     else:
         r.check(len(dss) == 1, f"{at}: expected one DaemonSet, got {sorted(dss)}")
     r.check(
@@ -700,6 +734,138 @@ def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
     r.check(
         bool(kinds(docs, "ClusterRoleBinding")) == want_jwks,
         f"{at}: ClusterRoleBinding {'missing' if want_jwks else 'unexpected'}",
+    )
+
+
+# Variants for drop-in users: IPv4-only clusters, a private CA, monitoring.
+DROPIN_VARIANTS = ("ipv4-only", "ca-bundle", "monitoring")
+
+
+def check_dropin_variant(r: Report, variant: str, docs: list[dict]) -> None:
+    import yaml
+
+    at = f"[{variant}]"
+    dss = kinds(docs, "DaemonSet")
+    r.check(
+        [d["metadata"]["name"] for d in dss] == ["eks-pod-identity-agent"],
+        f"{at}: expected the one base DaemonSet, got {[d['metadata']['name'] for d in dss]}",
+    )
+    for ds in dss:
+        c = server_container(ds) or {}
+        names, values = used_flags(container_argv(c)[2:])
+        mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+        vols = {v.get("name"): v for v in pod_spec(ds).get("volumes") or []}
+        if variant == "ipv4-only":
+            binds = [values.get(n) for n in names if n in ("--bind-hosts", "-b")]
+            r.check(binds == ["169.254.170.23"], f"{at}: server must bind only 169.254.170.23, binds {binds}")
+        if variant == "ca-bundle":
+            ca = values.get("--ca-bundle")
+            r.check(ca == CA_BUNDLE_PATH, f"{at}: --ca-bundle must be {CA_BUNDLE_PATH}, is {ca!r}")
+            ok = any(
+                m.get("mountPath") == ca
+                and m.get("readOnly") is True
+                and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == CA_BUNDLE_PATH
+                and ((vols.get(n) or {}).get("hostPath") or {}).get("type") == "File"
+                for n, m in mounts.items()
+            )
+            r.check(ok, f"{at}: {CA_BUNDLE_PATH} must be a read-only hostPath (type File) mount at --ca-bundle")
+    if variant != "monitoring":
+        r.check(not kinds(docs, "PodMonitor"), f"{at}: PodMonitor unexpected")
+        return
+    pms = kinds(docs, "PodMonitor")
+    rules = kinds(docs, "PrometheusRule")
+    if not r.check(len(pms) == 1 and len(rules) == 1, f"{at}: expected one PodMonitor and one PrometheusRule"):
+        return
+    pm, rule = pms[0], rules[0]
+    for d in (pm, rule):
+        r.check(d.get("apiVersion") == "monitoring.coreos.com/v1", f"{at}: {d['kind']} apiVersion must be monitoring.coreos.com/v1")
+        r.check(d["metadata"].get("namespace") == NAMESPACE, f"{at}: {d['kind']} must be in {NAMESPACE}")
+    spec = pm.get("spec") or {}
+    sel = (spec.get("selector") or {}).get("matchLabels") or {}
+    r.check(set(spec) <= {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel"}, f"{at}: PodMonitor spec has unknown fields {sorted(spec)}")
+    r.check(
+        (spec.get("namespaceSelector") or {}).get("matchNames") == [NAMESPACE],
+        f"{at}: PodMonitor must look in {NAMESPACE}",
+    )
+    for ds in dss:
+        labels = ((ds["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+        r.check(
+            bool(sel) and all(labels.get(k) == v for k, v in sel.items()),
+            f"{at}: PodMonitor selector {sel} must select the pods of {ds['metadata']['name']}",
+        )
+        container = (server_container(ds) or {}).get("name")
+        for ep in spec.get("podMetricsEndpoints") or []:
+            # The agent declares no ports (surge rollouts): the endpoint
+            # keeps the server container's port-less target and rewrites its
+            # address to the pod IP (bracketed when IPv6) and the metrics port.
+            r.check(
+                not {"port", "portNumber", "targetPort"} & set(ep),
+                f"{at}: PodMonitor endpoint must not select a declared port (the agent declares none): {ep}",
+            )
+            rl = ep.get("relabelings") or []
+            r.check(
+                {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": container, "action": "keep"} in rl,
+                f"{at}: PodMonitor must keep only the {container} container's target",
+            )
+            for regex, replacement in (("([^:]+)", f"$1:{METRICS_PORT}"), ("(.+:.+)", f"[$1]:{METRICS_PORT}")):
+                r.check(
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_ip"],
+                        "regex": regex,
+                        "targetLabel": "__address__",
+                        "replacement": replacement,
+                    }
+                    in rl,
+                    f"{at}: PodMonitor must scrape the pod IP at {replacement}",
+                )
+            r.check(ep.get("path") == "/metrics", f"{at}: PodMonitor path must be /metrics")
+    r.check(bool(spec.get("podMetricsEndpoints")), f"{at}: PodMonitor needs podMetricsEndpoints")
+    source = yaml.safe_load(MONITORING_RULES.read_text())
+    r.check(
+        (rule.get("spec") or {}).get("groups") == source.get("groups"),
+        f"{at}: PrometheusRule groups must equal {MONITORING_RULES.relative_to(ROOT)}",
+    )
+
+
+def check_helm_values_example(r: Report, docs: list[dict], cli: CliFlags) -> None:
+    """daemonset/examples/helm-values: each patch does what the README's
+    Helm value -> kustomize table says."""
+    at = "[examples/helm-values]"
+    dss = kinds(docs, "DaemonSet")
+    if not r.check(len(dss) == 1, f"{at}: expected one DaemonSet"):
+        return
+    ds = dss[0]
+    ps = pod_spec(ds)
+    tmeta = ds["spec"]["template"].get("metadata") or {}
+    c = server_container(ds) or {}
+    names, values = used_flags(container_argv(c)[2:])
+    allowed = cli.agent_subcommand_flags("server") or set()
+    for f in names:
+        r.check(f in allowed, f"{at}: server flag {f} is not defined in src/cli.rs")
+    r.check(values.get("--max-cache-size") == "500", f"{at}: agent.additionalArgs: --max-cache-size=500")
+    r.check(values.get("--verbosity") == "debug", f"{at}: agent.additionalArgs: --verbosity=debug")
+    r.check(
+        (c.get("resources") or {}).get("requests") == {"cpu": "50m", "memory": "64Mi"},
+        f"{at}: resources not replaced",
+    )
+    r.check(ps.get("imagePullSecrets") == [{"name": "regcred"}], f"{at}: imagePullSecrets")
+    r.check((tmeta.get("labels") or {}).get("team") == "platform", f"{at}: podLabels")
+    r.check(
+        "team" not in ((ds["spec"].get("selector") or {}).get("matchLabels") or {}),
+        f"{at}: podLabels must not enter the immutable selector",
+    )
+    ann = tmeta.get("annotations") or {}
+    r.check(ann.get("example.com/owner") == "platform", f"{at}: podAnnotations")
+    r.check("prometheus.io/scrape" not in ann, f"{at}: metrics off: scrape annotation removed")
+    r.check("livenessProbe" not in c, f"{at}: livenessEndpoint \"\": no liveness probe")
+    r.check(
+        ((c.get("readinessProbe") or {}).get("exec") or {}).get("command", [None])[-1] == "readyz",
+        f"{at}: readinessEndpoint: the exec probe stays",
+    )
+    r.check(not ps.get("initContainers"), f"{at}: init.create false: no init container")
+    images = {x.get("image") for x in ps.get("containers") or []}
+    r.check(
+        images == {"registry.example.com/platform/eks-pod-identity-agent:1.0.0"}, f"{at}: image override, got {images}"
     )
 
 
@@ -729,6 +895,8 @@ def validate_schemas(r: Report, where: str, docs: list[dict], versions: list[str
 
     for d in docs:
         what = f"{where}: {d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        if str(d.get("apiVersion", "")).startswith(CRD_GROUPS):
+            continue  # no schema offline; check_dropin_variant checks them
         for v in versions:
             try:
                 kubernetes_validate.validate(d, v, strict=True)
@@ -835,7 +1003,8 @@ def check_dockerfile(r: Report, hadolint: str, dockerfile: Path = DOCKERFILE) ->
     r.check(not re.search(r"\brust:", final[0]), "Dockerfile final stage must not be the rust build image")
     copies = [l for l in final if l.upper().startswith("COPY ") and "--from=" in l]
     bins = set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', cargo_all_tomls()))
-    for b in ("eks-pod-identity-agent", "eks-pod-identity-init"):
+    # go-runner: upstream's Helm chart starts ['/go-runner', '/eks-pod-identity-agent', ...].
+    for b in ("eks-pod-identity-agent", "eks-pod-identity-init", "go-runner"):
         r.check(b in bins, f"Cargo manifests define no binary {b}")
         ok = any(re.search(rf"\S*/{re.escape(b)}\s+(/{re.escape(b)}|/)\s*$", l) for l in copies)
         r.check(ok, f"Dockerfile final stage must COPY --from the build stage {b} to /{b}")
@@ -850,7 +1019,7 @@ def check_dockerfile(r: Report, hadolint: str, dockerfile: Path = DOCKERFILE) ->
         entries = {l.strip().rstrip("/") for l in di.read_text().splitlines() if l.strip() and not l.startswith("#")}
         r.check("target" in entries or "/target" in entries, ".dockerignore must exclude target")
         r.check(".git" in entries, ".dockerignore must exclude .git")
-        for keep in ("src", "init", "Cargo.toml", "Cargo.lock"):
+        for keep in ("src", "init", "gorunner", "Cargo.toml", "Cargo.lock"):
             r.check(keep not in entries, f".dockerignore must not exclude {keep}")
 
 
@@ -879,6 +1048,20 @@ def _init(docs):
 
 def _srv(docs, hybrid=False):
     return server_container(_ds(docs, hybrid))
+
+
+def _hybrid(docs, bottlerocket: bool):
+    for d in kinds(docs, "DaemonSet"):
+        if is_hybrid_ds(d) and is_bottlerocket_ds(d) == bottlerocket:
+            return d
+    raise LookupError("no such hybrid DaemonSet")
+
+
+def _srv_of(ds):
+    c = server_container(ds)
+    if c is None:
+        raise LookupError("no server container")
+    return c
 
 
 def _set_arg(c, flag, value):
@@ -940,6 +1123,34 @@ MUTATIONS = {
         ),
         ("hybrid credentials not mounted", lambda d: _srv(d, True).pop("volumeMounts")),
         ("hybrid DaemonSet lost", lambda d: d.remove(_ds(d, True))),
+        ("hybrid may land on Bottlerocket", lambda d: node_terms(_hybrid(d, False))[0]["matchExpressions"].pop()),
+        ("Bottlerocket without spc_t", lambda d: _srv_of(_hybrid(d, True))["securityContext"].pop("seLinuxOptions")),
+        (
+            "Bottlerocket reads /eks-hybrid",
+            lambda d: next(v for v in pod_spec(_hybrid(d, True))["volumes"] if "hostPath" in v)["hostPath"].update(
+                path="/eks-hybrid/.aws"
+            ),
+        ),
+    ],
+    "ipv4-only": [
+        ("IPv6 bound too", lambda d: _set_arg(_srv(d), "--bind-hosts", "[fd00:ec2::23]")),
+        ("bind hosts dropped", lambda d: _srv(d).update(args=[a for a in _srv(d)["args"] if "bind-hosts" not in a])),
+    ],
+    "ca-bundle": [
+        ("bundle not mounted", lambda d: _srv(d).pop("volumeMounts")),
+        ("bundle flag dropped", lambda d: _srv(d).update(args=[a for a in _srv(d)["args"] if "ca-bundle" not in a])),
+        ("bundle writable", lambda d: _srv(d)["volumeMounts"][0].update(readOnly=False)),
+    ],
+    "monitoring": [
+        ("PodMonitor selects nothing", lambda d: kinds(d, "PodMonitor")[0]["spec"]["selector"].update(matchLabels={"app": "x"})),
+        (
+            "PodMonitor on the wrong port",
+            lambda d: kinds(d, "PodMonitor")[0]["spec"]["podMetricsEndpoints"][0]["relabelings"][1].update(
+                replacement=f"$1:{PROBE_PORT}"
+            ),
+        ),
+        ("rules drifted", lambda d: kinds(d, "PrometheusRule")[0]["spec"]["groups"].pop()),
+        ("PodMonitor lost", lambda d: d.remove(kinds(d, "PodMonitor")[0])),
     ],
     "apiserver-jwks": [
         ("jwks without token", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=False)),
@@ -957,6 +1168,7 @@ DOCKERFILE_MUTATIONS = [
     ("extra cargo flag", "--workspace --bins", "--workspace --bins --features x"),
     ("unpinned rust image", "FROM rust:1.95.0-bookworm", "FROM rust:bookworm"),
     ("init binary not copied", "COPY --from=build /out/eks-pod-identity-init /eks-pod-identity-init", ""),
+    ("go-runner not copied", "COPY --from=build /out/go-runner /go-runner", ""),
     ("non-root USER", "ENTRYPOINT", "USER 65532\nENTRYPOINT"),
 ]
 
@@ -989,7 +1201,10 @@ def self_test(r: Report, renders: dict[str, list[dict]], cli: CliFlags) -> None:
                 continue
             probe = Report()
             check_render(probe, variant, m, cli)
-            check_variant(probe, variant, m)
+            if variant in DROPIN_VARIANTS:
+                check_dropin_variant(probe, variant, m)
+            else:
+                check_variant(probe, variant, m)
             r.check(bool(probe.failures), f"self-test [{variant}]: the checks missed the mutation '{what}'")
 
 
@@ -1016,7 +1231,7 @@ def main() -> int:
     for d in sorted(overlays.iterdir()) if overlays.is_dir() else []:
         if (d / "kustomization.yaml").is_file():
             variants[d.name] = d
-    for required in ("hybrid", "apiserver-jwks"):
+    for required in ("hybrid", "apiserver-jwks") + DROPIN_VARIANTS:
         r.check(required in variants, f"daemonset/overlays/{required} missing")
 
     versions = schema_versions()
@@ -1035,6 +1250,14 @@ def main() -> int:
             check_render(r, where, docs, cli)
             if variant in ("base", "hybrid", "apiserver-jwks", "hybrid+apiserver-jwks"):
                 check_variant(r, variant, docs)
+            if variant in DROPIN_VARIANTS:
+                check_dropin_variant(r, variant, docs)
+        example = DAEMONSET_DIR / "examples" / "helm-values"
+        if r.check(example.is_dir(), "daemonset/examples/helm-values missing"):
+            docs = render(r, tools["kubectl"], example)
+            if docs is not None:
+                validate_schemas(r, "[examples/helm-values]", docs, versions)
+                check_helm_values_example(r, docs, cli)
         if base_dir is not None and "base" in renders:
             r.check(base_dir == renders["base"], "kubectl kustomize daemonset/ must render exactly daemonset/base")
 
