@@ -108,7 +108,7 @@ impl Metrics {
             request_duration: histogram_vec(
                 &r,
                 "pod_identity_request_duration_seconds",
-                "Credential request latency by outcome (hit, miss, coalesced, stale, error).",
+                "Latency of credential requests that did work, by outcome (miss, coalesced, stale, error); hits are counted in pod_identity_cache_state, not timed.",
                 &["outcome"],
             ),
             in_flight: gauge(

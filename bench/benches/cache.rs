@@ -106,7 +106,7 @@ fn hit(c: &mut Criterion) {
                         hash,
                         expires: None,
                     },
-                    SystemClock.now_ms(),
+                    SystemClock::default().now_ms(),
                 )
                 .await
                 .expect("warm-up fetch");
@@ -122,7 +122,12 @@ fn hit(c: &mut Criterion) {
         let w = &warm[0];
         b.iter(|| {
             let (body, outcome) = cache
-                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
+                .get(
+                    black_box(&w.key),
+                    w.hash,
+                    no_token,
+                    SystemClock::default().now_ms(),
+                )
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit");
@@ -136,7 +141,12 @@ fn hit(c: &mut Criterion) {
             i = (i + 1) % warm.len();
             let w = &warm[i];
             cache
-                .get(black_box(&w.key), w.hash, no_token, SystemClock.now_ms())
+                .get(
+                    black_box(&w.key),
+                    w.hash,
+                    no_token,
+                    SystemClock::default().now_ms(),
+                )
                 .now_or_never()
                 .expect("a hit does not wait")
                 .expect("hit")
