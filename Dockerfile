@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # Image of the agent: /eks-pod-identity-agent (subcommands server,
-# initialize), /eks-pod-identity-init (the small privileged init binary) and
+# initialize, probe), /eks-pod-identity-init (the small privileged init binary) and
 # /go-runner (the launcher upstream's Helm chart puts in front of both:
 # command ['/go-runner', '/eks-pod-identity-agent', 'server']).
 #

@@ -1,16 +1,19 @@
 //! The `server` subcommand as an application: assembles the endpoint and
 //! everything behind it from the flags ([`build`]), binds the listeners
 //! ([`bind`]), serves until a shutdown future resolves and drains ([`run`]).
+//! Every TCP listener is shared with `SO_REUSEPORT` ([`crate::reuseport`]),
+//! so the next agent can start on the node before this one stops.
 //!
 //! Shutdown is an argument, so tests start and stop real servers on
 //! 127.0.0.1:0; the binary passes [`shutdown_signal`].
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
 use crate::ca_bundle::CaBundle;
@@ -19,10 +22,13 @@ use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
 use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
+use crate::instance::Instance;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
 use crate::metrics::Metrics;
-use crate::probe::{Admin, Probes};
+use crate::probe::{Admin, InstanceProbes, Probes};
+use crate::probe_socket::ProbeSocketError;
 use crate::ratelimit::{Rate, RateLimiter};
+use crate::reuseport;
 use crate::serve::{ConnLimits, Server};
 use crate::verify::{GateConfig, TokenGate};
 
@@ -48,6 +54,8 @@ pub enum ServerError {
     NoAllowedHosts,
     #[error(transparent)]
     CaBundle(#[from] crate::ca_bundle::CaBundleError),
+    #[error(transparent)]
+    ProbeSocket(#[from] ProbeSocketError),
 }
 
 /// Everything `server` needs besides its flags; tests inject a clock and
@@ -59,7 +67,7 @@ pub struct Options {
     /// (or the shared credentials file with `--rotate-credentials`).
     pub credentials: Option<SharedCredentialsProvider>,
     /// Environment lookup (KUBERNETES_SERVICE_HOST/PORT, shared credentials
-    /// file, AWS_CA_BUNDLE).
+    /// file, AWS_CA_BUNDLE, POD_NAME).
     pub env: fn(&str) -> Option<String>,
 }
 
@@ -80,6 +88,7 @@ pub struct App {
     pub keys: Option<Arc<KeyStore>>,
     pub cache: CredentialCache,
     pub metrics: Arc<Metrics>,
+    pub instance: Arc<Instance>,
     args: ServerArgs,
 }
 
@@ -95,6 +104,8 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         return Err(ServerError::NoAllowedHosts);
     }
     let metrics = Arc::new(Metrics::new());
+    let instance = Arc::new(Instance::new(env("POD_NAME"), clock.now_secs()));
+    metrics.register_instance(&instance);
     let credentials = match credentials {
         Some(c) => Some(c),
         None if args.rotate_credentials => Some(SharedCredentialsProvider::new(
@@ -210,6 +221,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         keys,
         cache,
         metrics,
+        instance,
         args,
     })
 }
@@ -220,6 +232,8 @@ pub struct Listeners {
     pub pending_v6: Vec<SocketAddr>,
     pub probe: Vec<TcpListener>,
     pub metrics: TcpListener,
+    /// `--probe-socket`: this process's own probe channel.
+    pub probe_socket: Option<(PathBuf, UnixListener)>,
 }
 
 impl Listeners {
@@ -269,9 +283,14 @@ pub async fn bind(args: &ServerArgs) -> Result<Listeners, ServerError> {
         for addr in resolve(host, args.port).await? {
             let deadline = Instant::now() + args.ipv6_bind_wait;
             loop {
-                match TcpListener::bind(addr).await {
+                let shared = reuseport::already_listening(addr);
+                match reuseport::bind(addr) {
                     Ok(l) => {
-                        info!(addr = %l.local_addr().unwrap_or(addr), "listening for credential requests");
+                        let addr = l.local_addr().unwrap_or(addr);
+                        if shared {
+                            warn!(%addr, "another process already listens here; sharing the port (SO_REUSEPORT): expected while a rolling update hands over to this agent, otherwise two agents run on this node");
+                        }
+                        info!(%addr, reuseport = true, "listening for credential requests");
                         credentials.push(l);
                         break;
                     }
@@ -299,25 +318,26 @@ pub async fn bind(args: &ServerArgs) -> Result<Listeners, ServerError> {
     let mut probe = Vec::new();
     let probe_v4 = SocketAddr::from(([127, 0, 0, 1], args.probe_port));
     probe.push(
-        TcpListener::bind(probe_v4)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: probe_v4,
-                source,
-            })?,
+        reuseport::bind(probe_v4).map_err(|source| ServerError::Bind {
+            addr: probe_v4,
+            source,
+        })?,
     );
     let metrics_addr = SocketAddr::new(args.metrics_address, args.metrics_port);
-    let metrics = TcpListener::bind(metrics_addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: metrics_addr,
-            source,
-        })?;
+    let metrics = reuseport::bind(metrics_addr).map_err(|source| ServerError::Bind {
+        addr: metrics_addr,
+        source,
+    })?;
+    let probe_socket = match &args.probe_socket {
+        Some(path) => Some((path.clone(), crate::probe_socket::bind(path)?)),
+        None => None,
+    };
     Ok(Listeners {
         credentials,
         pending_v6,
         probe,
         metrics,
+        probe_socket,
     })
 }
 
@@ -333,6 +353,7 @@ pub async fn run(
         keys,
         cache,
         metrics,
+        instance,
         args,
     } = app;
     let limits = ConnLimits {
@@ -358,7 +379,7 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let mut still = Vec::new();
                 for addr in pending {
-                    match TcpListener::bind(addr).await {
+                    match reuseport::bind(addr) {
                         Ok(l) => {
                             info!(%addr, "IPv6 bind address appeared; listening");
                             if !adder.add(l) {
@@ -386,14 +407,39 @@ pub async fn run(
         probe_server.add_listener(l);
     }
     let metrics_server = Server::new(
-        Arc::new(Admin::new(probes, Some(metrics))),
+        Arc::new(Admin::new(probes.clone(), Some(metrics))),
         admin_limits,
         None,
     );
     metrics_server.add_listener(listeners.metrics);
+    let migrate_req = reuseport::migrate_req();
+    info!(
+        instance_id = %instance.id,
+        pod = %instance.pod,
+        start_time = %instance.start_time,
+        reuseport = true,
+        tcp_migrate_req = ?migrate_req,
+        "serving"
+    );
+    if migrate_req != Some(true) {
+        warn!(
+            tcp_migrate_req = ?migrate_req,
+            "net.ipv4.tcp_migrate_req is not 1 (initialize sets it; Linux >= 5.14): connections queued on this agent when it stops will be reset instead of handed to the next agent"
+        );
+    }
+    // Every credential listener is accepting from here on (and has been in
+    // the kernel's reuseport group since `bind`). Logged first, so the line
+    // is there by the time the probe socket says ready.
+    instance.set_serving();
+    let probe_socket = listeners.probe_socket.map(|(path, l)| {
+        let probes = Arc::new(InstanceProbes::new(instance.clone(), probes.clone()));
+        (path, crate::probe_socket::spawn(l, probes))
+    });
 
     shutdown.await;
+    instance.set_draining();
     info!(
+        instance_id = %instance.id,
         grace_ms = args.drain_timeout.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
@@ -407,7 +453,12 @@ pub async fn run(
         metrics_server.drain(args.drain_timeout),
     );
     maintenance.abort();
+    if let Some((path, task)) = probe_socket {
+        task.abort();
+        crate::probe_socket::remove(&path);
+    }
     info!(
+        instance_id = %instance.id,
         took_ms = started.elapsed().as_millis() as u64,
         clean = ok,
         "drained"

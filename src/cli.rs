@@ -33,10 +33,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve pod credentials on the link-local agent addresses.
     Server(ServerArgs),
-    /// Create the pod-id-link0 link, its addresses and routes (privileged).
+    /// Create the pod-id-link0 link, its addresses and routes; set tcp_migrate_req (privileged).
     Initialize(InitializeArgs),
     /// Print the version (upstream's `version` subcommand).
     Version,
+    /// Ask this pod's agent over its --probe-socket (kubelet exec probes).
+    Probe(ProbeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,6 +87,11 @@ pub struct ServerArgs {
     /// Port of the /healthz and /readyz probe server on localhost.
     #[arg(long, default_value_t = 2703)]
     pub probe_port: u16,
+    /// Unix socket answering /healthz and /readyz for this agent process
+    /// only (`probe --socket`); the probe port is shared with the other
+    /// agent during a surge rollout. Must be private to the pod (emptyDir).
+    #[arg(long)]
+    pub probe_socket: Option<PathBuf>,
     /// Address the metrics server listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub metrics_address: IpAddr,
@@ -268,6 +275,34 @@ pub struct VerifyArgs {
     /// Verified tokens remembered so they are not verified again.
     #[arg(long, default_value_t = 20_000)]
     pub verified_token_cache_size: u64,
+}
+
+/// `probe`: exit 0 when the agent answers 200, 1 otherwise (the answer is printed).
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The agent's --probe-socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Longest wait for the answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(value_enum)]
+    pub check: ProbeCheck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeCheck {
+    Healthz,
+    Readyz,
+}
+
+impl ProbeCheck {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Healthz => "/healthz",
+            Self::Readyz => "/readyz",
+        }
+    }
 }
 
 /// `server` flags for an agent on 127.0.0.1 (the demo, tests): any free

@@ -17,6 +17,9 @@
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
 //! - [`serve`]: hardened HTTP/1 serving shared by every listener.
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
+//! - [`probe_socket`]: per-instance probes over a unix socket, and `probe`.
+//! - [`reuseport`]: listeners shared with the next agent during a rollout.
+//! - [`instance`]: this process's identity and phase (starting, serving, draining).
 //! - [`ratelimit`]: global and per-client token buckets.
 //! - [`rotating`]: `--rotate-credentials`, the re-read shared credentials file.
 //! - [`metrics`]: the Prometheus registry.
@@ -39,12 +42,15 @@ pub mod duration;
 pub mod eksauth;
 pub mod endpoint;
 pub mod gojson;
+pub mod instance;
 pub mod jwks;
 pub mod logging;
 pub mod memo;
 pub mod metrics;
 pub mod probe;
+pub mod probe_socket;
 pub mod ratelimit;
+pub mod reuseport;
 pub mod rotating;
 pub mod serve;
 pub mod token;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 use pod_identity_agent::app;
-use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE};
-use pod_identity_agent::logging;
+use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE, ProbeArgs};
+use pod_identity_agent::{logging, probe_socket};
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         return ExitCode::SUCCESS;
+    }
+    // Run by the kubelet every period: no logging, no runtime.
+    if let Command::Probe(args) = &cli.command {
+        return probe(args);
     }
     if let Err(e) = logging::init(&cli.log) {
         eprintln!("{e}");
@@ -66,6 +70,7 @@ async fn dispatch(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Version => ExitCode::SUCCESS,
+        Command::Probe(args) => probe(&args),
         Command::Initialize(args) => {
             warn_ignored(&args.ignored);
             match pod_identity_init::run(&args.init).await {
@@ -82,6 +87,24 @@ async fn dispatch(command: Command) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The answer goes to stdout: the kubelet puts it in the probe's event.
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match probe_socket::query(&args.socket, args.check.path(), args.timeout) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{status} {}", body.trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -253,6 +253,25 @@ impl Metrics {
         }
     }
 
+    /// `pod_identity_instance_info{instance_id,pod,start_time} 1`. During a
+    /// surge rollout two agents share the metrics port and a scrape reaches
+    /// either; this series says which one answered. One series per process.
+    pub fn register_instance(&self, instance: &crate::instance::Instance) {
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "pod_identity_instance_info",
+                "The agent process that answered this scrape; the value is always 1.",
+            ),
+            &["instance_id", "pod", "start_time"],
+        )
+        .expect("static metric definition");
+        info.with_label_values(&[&instance.id, &instance.pod, &instance.start_time])
+            .set(1);
+        self.registry
+            .register(Box::new(info))
+            .expect("registered once per registry");
+    }
+
     pub fn eksauth_call(&self, code: &str, took: Duration) {
         self.eksauth_calls.with_label_values(&[code]).inc();
         let result = if code == "OK" { "ok" } else { "error" };

@@ -8,6 +8,12 @@
 //! `--strict-verification`, readiness also waits for signing keys (without
 //! keys every token would be refused); otherwise tokens are forwarded to EKS
 //! Auth until keys load, and the agent is ready.
+//!
+//! Those answers are about the node, not the process: with `SO_REUSEPORT`
+//! two agents share the probe port and the credential addresses during a
+//! rollout, and either may answer. [`InstanceProbes`] adds what only this
+//! process can say (is it serving yet, is it draining), for the
+//! per-instance probe socket ([`crate::probe_socket`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -24,6 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::instance::{Instance, Phase};
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
 use crate::serve::{Handler, HttpResponse, text_response};
@@ -112,6 +119,39 @@ impl Probes {
         match self.last_ready.load(Ordering::Relaxed) {
             UNKNOWN => None,
             v => Some(v == 1),
+        }
+    }
+}
+
+/// Probes of this agent process, for the kubelet's exec probes during a
+/// surge rollout.
+pub struct InstanceProbes {
+    instance: Arc<Instance>,
+    probes: Arc<Probes>,
+}
+
+impl InstanceProbes {
+    pub fn new(instance: Arc<Instance>, probes: Arc<Probes>) -> Self {
+        Self { instance, probes }
+    }
+
+    /// `/readyz`: this process accepts on every credential listener (it is
+    /// in the kernel's reuseport groups, so it receives its share of new
+    /// connections), is not draining, and the upstream checks pass.
+    /// `/healthz`: the upstream check; a draining process is alive (it is
+    /// finishing requests), so it stays 200 until it exits.
+    pub async fn answer(&self, path: &str) -> HttpResponse {
+        match (path, self.instance.phase()) {
+            ("/readyz", Phase::Starting) => {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+            ("/readyz", Phase::Draining) => {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            ("/readyz", Phase::Serving) => probe_response(self.probes.ready().await),
+            ("/healthz", Phase::Draining) => text_response(StatusCode::OK, "draining\n"),
+            ("/healthz", _) => probe_response(self.probes.healthy().await),
+            _ => text_response(StatusCode::NOT_FOUND, "404 page not found\n"),
         }
     }
 }

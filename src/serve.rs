@@ -7,11 +7,17 @@
 //! Drain protocol (mini-redis shape): every connection task holds a clone of
 //! `done_tx`; shutdown flips `signal`, each connection finishes its in-flight
 //! request and closes, and the last dropped sender ends the wait.
+//!
+//! Stopping to accept closes the listeners. With `SO_REUSEPORT` and
+//! `net.ipv4.tcp_migrate_req=1` the kernel then hands the connections queued
+//! on them to the next agent's listeners instead of resetting them (see
+//! [`crate::reuseport`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +30,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -196,6 +202,36 @@ impl<H: Handler> ListenerAdder<H> {
     }
 }
 
+/// Whether a connection's first request has begun, and a way to wait for it.
+#[derive(Clone, Default)]
+struct FirstRequest(Arc<FirstRequestState>);
+
+#[derive(Default)]
+struct FirstRequestState {
+    begun: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    fn begin(&self) {
+        // A load on every request, a write only on the first.
+        let s = &self.0;
+        if !s.begun.load(Ordering::Acquire) && !s.begun.swap(true, Ordering::AcqRel) {
+            s.notify.notify_one();
+        }
+    }
+
+    fn begun(&self) -> bool {
+        self.0.begun.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`begin`](Self::begin) ran (`notify_one` keeps the
+    /// wake-up if nobody waits yet).
+    async fn wait(&self) {
+        self.0.notify.notified().await;
+    }
+}
+
 struct AcceptCtx<H> {
     handler: Arc<H>,
     limits: ConnLimits,
@@ -249,7 +285,10 @@ impl<H: Handler> AcceptCtx<H> {
                 if let Some(m) = &metrics {
                     m.open_connections.inc();
                 }
+                let first = FirstRequest::default();
+                let begun = first.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
+                    begun.begin();
                     let handler = handler.clone();
                     async move {
                         if req.version() == http::Version::HTTP_11
@@ -262,7 +301,12 @@ impl<H: Handler> AcceptCtx<H> {
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                let drained = tokio::select! {
+                // Connection first: when the drain signal and a request's
+                // bytes arrive together, the request is read (and then
+                // answered with `Connection: close`) rather than the
+                // connection closed with the request unread, which resets it.
+                let mut drained = tokio::select! {
+                    biased;
                     res = conn.as_mut() => {
                         if let Err(err) = res {
                             debug!(%peer, error = %err, "connection ended with an error");
@@ -271,6 +315,19 @@ impl<H: Handler> AcceptCtx<H> {
                     }
                     _ = signal.wait_for(|draining| *draining) => true,
                 };
+                // hyper's graceful shutdown closes a connection on which it
+                // has read nothing yet. But the client connected to this
+                // agent and its request is on the way: closing would reset
+                // it. So wait for the first request to begin (hyper's header
+                // read timeout bounds the wait), then shut down: hyper
+                // answers that request and closes.
+                if drained && !first.begun() {
+                    drained = tokio::select! {
+                        biased;
+                        _ = conn.as_mut() => false,
+                        _ = first.wait() => true,
+                    };
+                }
                 if drained {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;

@@ -56,6 +56,15 @@ pub enum InitError {
 
     #[error("link {link} disappeared while it was being configured")]
     LinkVanished { link: String },
+
+    /// A `/proc/sys` setting could not be read or written: ENOENT when the
+    /// kernel does not have it, EROFS or EACCES when `/proc/sys` is read-only.
+    #[error("sysctl {key}: {source}")]
+    Sysctl {
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl InitError {
@@ -64,7 +73,9 @@ impl InitError {
         match self {
             Self::Netlink { errno, .. } => Some(*errno),
             Self::NoDummyDriver { source, .. } => errno_of(source),
-            Self::Connect(e) => e.raw_os_error().map(Errno::from_raw),
+            Self::Connect(e) | Self::Sysctl { source: e, .. } => {
+                e.raw_os_error().map(Errno::from_raw)
+            }
             _ => None,
         }
     }

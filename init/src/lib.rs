@@ -5,11 +5,16 @@
 //! - [`link`]: get-or-create, bring up and delete the link.
 //! - `addr`: host addresses on the link (IPv6 with `IFA_F_NODAD`).
 //! - `route`: main-table host routes via the link, conflict detection.
+//! - `sysctl`: `net.ipv4.tcp_migrate_req=1`, so a rollout hands queued
+//!   connections from the old agent to the new one instead of resetting them.
 //! - [`error`]: [`InitError`], keeping the kernel's errno.
 //! - [`outcome`]: [`Outcome`], what a run did or skipped.
 //!
 //! [`run`] is the whole contract: idempotent, IPv4 failures are fatal, IPv6
-//! failures are warnings recorded in the outcome.
+//! and sysctl failures are warnings recorded in the outcome. A run against
+//! the state it produced sends no change to the kernel (it only reads), so
+//! the next agent's init can run while the old agent serves: the link, its
+//! addresses and routes never flap.
 #![forbid(unsafe_code)]
 
 mod addr;
@@ -17,6 +22,7 @@ pub mod error;
 pub mod link;
 pub mod outcome;
 mod route;
+mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,7 +30,7 @@ use tracing::{info, warn};
 
 pub use error::InitError;
 pub use link::{Link, LinkKind};
-pub use outcome::{Change, FamilySetup, Ipv6Setup, Outcome, Setup};
+pub use outcome::{Change, FamilySetup, Ipv6Setup, Outcome, Setup, SysctlSetup};
 
 /// Flags of `initialize` / `eks-pod-identity-init`. Logging flags belong to
 /// the binary that flattens this.
@@ -142,13 +148,38 @@ async fn setup(handle: &rtnetlink::Handle, args: &InitArgs) -> Result<Outcome, I
             Ipv6Setup::Skipped(e)
         }
     };
+    let migrate_req = migrate_req();
     Ok(Outcome::Initialized(Setup {
         link,
         link_created,
         link_up,
         ipv4,
         ipv6,
+        migrate_req,
     }))
+}
+
+fn migrate_req() -> SysctlSetup {
+    let key = sysctl::TCP_MIGRATE_REQ.key;
+    match sysctl::ensure(sysctl::TCP_MIGRATE_REQ, "1") {
+        Ok(change) => {
+            match change {
+                Change::Made => info!(sysctl = key, value = 1, "set sysctl"),
+                Change::Present => info!(sysctl = key, value = 1, "sysctl already set"),
+            }
+            SysctlSetup::Set(change)
+        }
+        Err(e) => {
+            warn!(
+                sysctl = key,
+                error = %e,
+                errno = e.errno().map(|n| n as i32),
+                "cannot set {key}=1 (needs Linux >= 5.14 and a writable /proc/sys): \
+                 a rolling update may reset the connections queued on the old agent"
+            );
+            SysctlSetup::Skipped(e)
+        }
+    }
 }
 
 async fn address(handle: &rtnetlink::Handle, link: &Link, ip: IpAddr) -> Result<Change, InitError> {

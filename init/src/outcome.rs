@@ -12,6 +12,9 @@ pub enum Change {
     Present,
 }
 
+// One value per run, returned once: boxing the big variant would buy nothing
+// and cost callers their patterns.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// Link, addresses and routes are in place (IPv6 possibly skipped).
@@ -30,6 +33,8 @@ pub struct Setup {
     pub link_up: Change,
     pub ipv4: FamilySetup,
     pub ipv6: Ipv6Setup,
+    /// `net.ipv4.tcp_migrate_req=1`, for rollouts without resets.
+    pub migrate_req: SysctlSetup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,15 @@ pub struct FamilySetup {
 pub enum Ipv6Setup {
     Configured(FamilySetup),
     /// The error that stopped IPv6 setup; it was logged as a warning.
+    Skipped(InitError),
+}
+
+/// A sysctl is best effort too: without it the agent works, and only a
+/// rollout may reset the connections queued on the old agent.
+#[derive(Debug)]
+pub enum SysctlSetup {
+    Set(Change),
+    /// The error that stopped it; it was logged as a warning.
     Skipped(InitError),
 }
 
@@ -68,6 +82,10 @@ impl Outcome {
                     Ipv6Setup::Configured(f) => [f.address_change, f.route_change],
                     Ipv6Setup::Skipped(_) => [Change::Present; 2],
                 };
+                let sysctl = match &s.migrate_req {
+                    SysctlSetup::Set(c) => *c,
+                    SysctlSetup::Skipped(_) => Change::Present,
+                };
                 [
                     s.link_created,
                     s.link_up,
@@ -76,6 +94,7 @@ impl Outcome {
                 ]
                 .into_iter()
                 .chain(v6)
+                .chain([sysctl])
                 .any(|c| c == Change::Made)
             }
             Self::Removed(_) => true,

@@ -6,7 +6,9 @@ use std::os::fd::AsFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pod_identity_init::{Change, InitArgs, InitError, Ipv6Setup, LinkKind, Outcome};
+use pod_identity_init::{
+    Change, InitArgs, InitError, Ipv6Setup, LinkKind, Outcome, Setup, SysctlSetup,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_eks-pod-identity-init");
@@ -95,6 +97,12 @@ impl Netns {
     fn sysctl(&self, setting: &str) {
         let out = self.exec("sysctl", &["-w", setting]);
         assert!(out.status.success(), "sysctl {setting}: {out:?}");
+    }
+
+    fn sysctl_value(&self, key: &str) -> String {
+        let out = self.exec("sysctl", &["-n", key]);
+        assert!(out.status.success(), "sysctl {key}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn link(&self) -> Option<Value> {
@@ -412,11 +420,27 @@ fn library_outcome_describes_the_run() {
     assert_eq!(setup.ipv4.address_change, Change::Made);
     assert_eq!(setup.ipv4.route_change, Change::Made);
     assert!(matches!(setup.ipv6, Ipv6Setup::Configured(_)), "{first:?}");
+    // A fresh namespace starts with tcp_migrate_req=0.
+    assert!(
+        matches!(setup.migrate_req, SysctlSetup::Set(Change::Made)),
+        "{first:?}"
+    );
+    assert_eq!(ns.sysctl_value("net.ipv4.tcp_migrate_req"), "1");
     assert!(first.changed());
 
     let second = run_in(&ns, &args(LinkKind::Bridge)).expect("second run");
     assert!(!second.changed(), "{second:?}");
     assert!(second.ipv6_skipped().is_none());
+    assert!(
+        matches!(
+            second,
+            Outcome::Initialized(Setup {
+                migrate_req: SysctlSetup::Set(Change::Present),
+                ..
+            })
+        ),
+        "{second:?}"
+    );
 
     let mut remove = args(LinkKind::Ifb);
     remove.remove = true;

@@ -6,7 +6,8 @@ daemonset/overlays/, hybrid + apiserver-jwks combined and
 daemonset/examples/helm-values, validates every object against the Kubernetes
 OpenAPI schemas shipped with kubernetes-validate (offline, strict; the
 Prometheus Operator objects, which have none, are checked field by field), checks the invariants the agent depends on (privileges,
-scheduling, ports, probes, shutdown timing, RBAC, flags that exist in
+scheduling, surge rollouts without host ports, per-instance exec probes,
+shutdown timing, RBAC, flags that exist in
 src/cli.rs), and lints the Dockerfile with hadolint. Then it mutates the
 rendered manifests (drops `privileged: true`, adds a capability, ...) and
 requires each mutation to be caught, so the checks cannot silently go blind.
@@ -363,16 +364,9 @@ def node_terms(ds: dict) -> list[dict]:
     return req.get("nodeSelectorTerms") or []
 
 
-def named_port(c: dict, port) -> int | None:
-    if isinstance(port, int):
-        return port
-    for p in c.get("ports") or []:
-        if p.get("name") == port:
-            return p.get("containerPort")
-    try:
-        return int(port)
-    except (TypeError, ValueError):
-        return None
+def is_zero(v) -> bool:
+    """0 or "0%" (a rollingUpdate int-or-string)."""
+    return str(v).strip() in ("0", "0%")
 
 
 def int_flag(values: dict[str, str | None], name: str, default: int) -> int | None:
@@ -445,11 +439,16 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliF
                     f"{at}: nodeSelectorTerms[{i}] must require {COMPUTE_TYPE} NotIn [fargate, hybrid, auto]",
                 )
 
-    # Rollout and shutdown.
+    # Rollout and shutdown: surge, so a node is never without an agent (the
+    # new pod starts beside the old one; listeners are shared with SO_REUSEPORT).
     us = spec.get("updateStrategy") or {}
+    ru = us.get("rollingUpdate") or {}
     r.check(
-        us.get("type") == "RollingUpdate" and str((us.get("rollingUpdate") or {}).get("maxUnavailable")) == "10%",
-        f"{at}: updateStrategy must be RollingUpdate with maxUnavailable 10%",
+        us.get("type") == "RollingUpdate"
+        and is_zero(ru.get("maxUnavailable"))
+        and ru.get("maxSurge") is not None
+        and not is_zero(ru.get("maxSurge")),
+        f"{at}: updateStrategy must be RollingUpdate with maxUnavailable 0 and a non-zero maxSurge, is {us}",
     )
     grace = ps.get("terminationGracePeriodSeconds")
     r.check(grace == GRACE_SECONDS, f"{at}: terminationGracePeriodSeconds must be {GRACE_SECONDS}, is {grace!r}")
@@ -552,14 +551,50 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict], cli: CliF
         values.get("--metrics-address", "0.0.0.0") == "0.0.0.0",
         f"{at}: --metrics-address must be 0.0.0.0 (scraped on the node IP)",
     )
-    declared = {p.get("containerPort") for p in c.get("ports") or []}
-    r.check(PROBE_PORT in declared, f"{at}: containerPort {PROBE_PORT} (probes) must be declared")
-    r.check(METRICS_PORT in declared, f"{at}: containerPort {METRICS_PORT} (metrics) must be declared")
-    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        hg = (c.get(kind) or {}).get("httpGet") or {}
-        r.check(hg.get("path") == path, f"{at}: {kind} must GET {path}")
-        r.check(named_port(c, hg.get("port")) == PROBE_PORT, f"{at}: {kind} must use port {PROBE_PORT}")
-        r.check(hg.get("host") == "localhost", f"{at}: {kind} must use host localhost (the probe server listens there)")
+    # No host ports: with hostNetwork every containerPort is a hostPort, and
+    # the scheduler would refuse the surge pod beside the old one.
+    for cc in (ps.get("initContainers") or []) + (ps.get("containers") or []):
+        r.check(
+            not cc.get("ports"),
+            f"{at}: container {cc.get('name')} declares ports {cc.get('ports')}: with hostNetwork they are "
+            "hostPorts, which block surge rollouts",
+        )
+    # Probes: exec `probe --socket=<the server's --probe-socket> healthz|readyz`;
+    # the TCP probe port is shared by both agents during a rollout.
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+    sock = values.get("--probe-socket")
+    if r.check(bool(sock), f"{at}: server needs --probe-socket (per-instance probes)"):
+        ok = any(
+            str(sock).startswith((m.get("mountPath") or "").rstrip("/") + "/")
+            and "emptyDir" in (vols.get(n) or {})
+            and not m.get("readOnly")
+            for n, m in mounts.items()
+        )
+        r.check(ok, f"{at}: --probe-socket {sock} must be on a writable emptyDir mount (private to the pod)")
+    probe_flags = cli.agent_subcommand_flags("probe") or set()
+    r.check(bool(probe_flags), "src/cli.rs: could not find the probe subcommand's flags")
+    for kind, check in (("livenessProbe", "healthz"), ("readinessProbe", "readyz")):
+        pr = c.get(kind) or {}
+        cmd = [str(x) for x in ((pr.get("exec") or {}).get("command") or [])]
+        if not r.check(
+            cmd[:2] == [AGENT_BIN, "probe"] and not pr.get("httpGet") and not pr.get("tcpSocket"),
+            f"{at}: {kind} must exec {AGENT_BIN} probe (the shared TCP probe port cannot tell two agents apart)",
+        ):
+            continue
+        pnames, pvalues = used_flags(cmd[2:])
+        for f in pnames:
+            r.check(f in probe_flags, f"{at}: {kind} flag {f} is not defined in src/cli.rs")
+        r.check(cmd[-1] == check, f"{at}: {kind} must check {check}, checks {cmd[-1]}")
+        r.check(
+            pvalues.get("--socket") == sock,
+            f"{at}: {kind} --socket {pvalues.get('--socket')} must be the server's --probe-socket {sock}",
+        )
+    pod_name = ((env.get("POD_NAME") or {}).get("valueFrom") or {}).get("fieldRef") or {}
+    r.check(
+        pod_name.get("fieldPath") == "metadata.name",
+        f"{at}: env POD_NAME must come from metadata.name (names the instance in metrics and logs)",
+    )
 
     # Drain before SIGKILL.
     drain = values.get("--drain-timeout", DEFAULT_DRAIN) or ""
@@ -758,9 +793,31 @@ def check_dropin_variant(r: Report, variant: str, docs: list[dict]) -> None:
             bool(sel) and all(labels.get(k) == v for k, v in sel.items()),
             f"{at}: PodMonitor selector {sel} must select the pods of {ds['metadata']['name']}",
         )
-        ports = {p.get("name"): p.get("containerPort") for p in (server_container(ds) or {}).get("ports") or []}
+        container = (server_container(ds) or {}).get("name")
         for ep in spec.get("podMetricsEndpoints") or []:
-            r.check(ports.get(ep.get("port")) == METRICS_PORT, f"{at}: PodMonitor port {ep.get('port')!r} must name the metrics port")
+            # The agent declares no ports (surge rollouts): the endpoint
+            # keeps the server container's port-less target and rewrites its
+            # address to the pod IP (bracketed when IPv6) and the metrics port.
+            r.check(
+                not {"port", "portNumber", "targetPort"} & set(ep),
+                f"{at}: PodMonitor endpoint must not select a declared port (the agent declares none): {ep}",
+            )
+            rl = ep.get("relabelings") or []
+            r.check(
+                {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": container, "action": "keep"} in rl,
+                f"{at}: PodMonitor must keep only the {container} container's target",
+            )
+            for regex, replacement in (("([^:]+)", f"$1:{METRICS_PORT}"), ("(.+:.+)", f"[$1]:{METRICS_PORT}")):
+                r.check(
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_ip"],
+                        "regex": regex,
+                        "targetLabel": "__address__",
+                        "replacement": replacement,
+                    }
+                    in rl,
+                    f"{at}: PodMonitor must scrape the pod IP at {replacement}",
+                )
             r.check(ep.get("path") == "/metrics", f"{at}: PodMonitor path must be /metrics")
     r.check(bool(spec.get("podMetricsEndpoints")), f"{at}: PodMonitor needs podMetricsEndpoints")
     source = yaml.safe_load(MONITORING_RULES.read_text())
@@ -802,7 +859,8 @@ def check_helm_values_example(r: Report, docs: list[dict], cli: CliFlags) -> Non
     r.check("prometheus.io/scrape" not in ann, f"{at}: metrics off: scrape annotation removed")
     r.check("livenessProbe" not in c, f"{at}: livenessEndpoint \"\": no liveness probe")
     r.check(
-        ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path") == "/readyz", f"{at}: readinessEndpoint"
+        ((c.get("readinessProbe") or {}).get("exec") or {}).get("command", [None])[-1] == "readyz",
+        f"{at}: readinessEndpoint: the exec probe stays",
     )
     r.check(not ps.get("initContainers"), f"{at}: init.create false: no init container")
     images = {x.get("image") for x in ps.get("containers") or []}
@@ -1027,17 +1085,29 @@ MUTATIONS = {
         ("privilege escalation", lambda d: _srv(d)["securityContext"].pop("allowPrivilegeEscalation")),
         ("server as non-root", lambda d: _srv(d)["securityContext"].update(runAsUser=65532, runAsNonRoot=True)),
         (
-            "metrics port not declared",
-            lambda d: _srv(d).update(ports=[p for p in _srv(d)["ports"] if p["containerPort"] != METRICS_PORT]),
+            "metrics port declared (a hostPort)",
+            lambda d: _srv(d).update(ports=[{"name": "metrics", "containerPort": METRICS_PORT}]),
         ),
-        ("liveness on the wrong path", lambda d: _srv(d)["livenessProbe"]["httpGet"].update(path="/")),
-        ("readiness on the wrong port", lambda d: _srv(d)["readinessProbe"]["httpGet"].update(port=METRICS_PORT)),
+        ("liveness checks readiness", lambda d: _srv(d)["livenessProbe"]["exec"]["command"].__setitem__(-1, "readyz")),
+        (
+            "readiness on the shared TCP probe port",
+            lambda d: _srv(d).update(
+                readinessProbe={"httpGet": {"host": "localhost", "path": "/readyz", "port": PROBE_PORT}}
+            ),
+        ),
+        (
+            "readiness asks another socket",
+            lambda d: _srv(d)["readinessProbe"]["exec"]["command"].__setitem__(2, "--socket=/tmp/other.sock"),
+        ),
+        ("probe socket on the read-only root", lambda d: _set_arg(_srv(d), "--probe-socket", "/probe.sock")),
+        ("POD_NAME dropped", lambda d: _srv(d).update(env=[e for e in _srv(d)["env"] if e["name"] != "POD_NAME"])),
         ("grace period changed", lambda d: pod_spec(_ds(d)).update(terminationGracePeriodSeconds=10)),
         ("drain longer than grace", lambda d: _set_arg(_srv(d), "--drain-timeout", "45s")),
         (
-            "maxUnavailable changed",
-            lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].update(maxUnavailable=1),
+            "maxUnavailable back",
+            lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].update(maxUnavailable="10%"),
         ),
+        ("no surge", lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].pop("maxSurge")),
         ("token automounted", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=True)),
         (
             "scrape annotation removed",
@@ -1057,7 +1127,9 @@ MUTATIONS = {
         ("Bottlerocket without spc_t", lambda d: _srv_of(_hybrid(d, True))["securityContext"].pop("seLinuxOptions")),
         (
             "Bottlerocket reads /eks-hybrid",
-            lambda d: pod_spec(_hybrid(d, True))["volumes"][0]["hostPath"].update(path="/eks-hybrid/.aws"),
+            lambda d: next(v for v in pod_spec(_hybrid(d, True))["volumes"] if "hostPath" in v)["hostPath"].update(
+                path="/eks-hybrid/.aws"
+            ),
         ),
     ],
     "ipv4-only": [
@@ -1071,7 +1143,12 @@ MUTATIONS = {
     ],
     "monitoring": [
         ("PodMonitor selects nothing", lambda d: kinds(d, "PodMonitor")[0]["spec"]["selector"].update(matchLabels={"app": "x"})),
-        ("PodMonitor on the wrong port", lambda d: kinds(d, "PodMonitor")[0]["spec"]["podMetricsEndpoints"][0].update(port="probes-port")),
+        (
+            "PodMonitor on the wrong port",
+            lambda d: kinds(d, "PodMonitor")[0]["spec"]["podMetricsEndpoints"][0]["relabelings"][1].update(
+                replacement=f"$1:{PROBE_PORT}"
+            ),
+        ),
         ("rules drifted", lambda d: kinds(d, "PrometheusRule")[0]["spec"]["groups"].pop()),
         ("PodMonitor lost", lambda d: d.remove(kinds(d, "PodMonitor")[0])),
     ],
