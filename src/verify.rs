@@ -319,7 +319,6 @@ impl TokenGate {
     }
 }
 
-
 /// `sub` must be `system:serviceaccount:<ns>:<sa>`, and the `kubernetes.io`
 /// claims, when present, must be well-formed and name the same namespace
 /// and ServiceAccount.

@@ -180,7 +180,11 @@ fn admission(c: &mut Criterion) {
                 v
             }
             let body = [int(&n), int(&e)].concat();
-            [vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8], body].concat()
+            [
+                vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8],
+                body,
+            ]
+            .concat()
         };
         let parsed = aws_lc_rs::signature::ParsedPublicKey::new(
             &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,

@@ -188,6 +188,11 @@ impl Ctx {
             "0",
             "--per-client-rate-limit",
             "0",
+            // The cache is measured here, not the EKS Auth call cap (warming
+            // 10,000 identities at its 20/s would take eight minutes); a
+            // scenario about the cap passes its own value after these.
+            "--eks-auth-rate-limit",
+            "0",
             "--max-cache-size",
             "50000",
             "-v",

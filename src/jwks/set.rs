@@ -197,7 +197,10 @@ fn key_of(jwk: Jwk) -> Option<Key> {
         KeyType::Rsa => (jwk.n?, jwk.e?),
         KeyType::EcP256 | KeyType::EcP384 => (jwk.x?, jwk.y?),
     };
-    let (da, db) = (URL_SAFE_NO_PAD.decode(&a).ok()?, URL_SAFE_NO_PAD.decode(&b).ok()?);
+    let (da, db) = (
+        URL_SAFE_NO_PAD.decode(&a).ok()?,
+        URL_SAFE_NO_PAD.decode(&b).ok()?,
+    );
     let public = match key_type {
         KeyType::Rsa => rsa_public_key_der(&da, &db),
         KeyType::EcP256 | KeyType::EcP384 => {

@@ -29,11 +29,12 @@
 //! caching: claims become an [`Identity`] only after the signature is
 //! verified (`verify`).
 
+mod fast;
+mod go;
+
 use std::fmt;
 
 use serde::Deserialize;
-
-use crate::gojson::{self, Value, go_quote};
 
 /// SHA-256 of the raw token. Byte-equal tokens, and only those, share a hash
 /// (collision resistance is what makes keying by hash as strict as keying by
@@ -72,8 +73,32 @@ pub struct Identity {
     pub node_name: Option<String>,
 }
 
+/// Whether Go's `encoding/json` matches JSON member `key` to struct field
+/// `field` (an ASCII name): `bytes.EqualFold`, where besides ASCII case
+/// only U+017F (ſ) folds to an ASCII letter of our field names (`s`).
+pub(crate) fn go_field_matches(key: &str, field: &str) -> bool {
+    let mut k = key.chars();
+    let mut f = field.chars();
+    loop {
+        match (k.next(), f.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) => {
+                let a = if a == '\u{17f}' {
+                    's'
+                } else {
+                    a.to_ascii_lowercase()
+                };
+                if a != b.to_ascii_lowercase() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// The signing methods golang-jwt v5 registers (case-sensitive).
-const GO_JWT_METHODS: &[&str] = &[
+pub(crate) const GO_JWT_METHODS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
     "PS384", "PS512", "EdDSA", "none",
 ];
@@ -165,7 +190,7 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    fn malformed(what: &str) -> Self {
+    pub(crate) fn malformed(what: &str) -> Self {
         TokenError::Parse(format!("token is malformed: {what}"))
     }
 
@@ -212,290 +237,13 @@ impl ClaimFailures {
 
 /// Splits and decodes a JWS compact serialization without checking the
 /// signature. `token` is the header's bytes: Go reports base64 errors by
-/// byte offset.
+/// byte offset. Well-formed tokens take the fast path ([`fast`]); anything
+/// it does not accept is decided by the Go-compatible one ([`go`]), which
+/// alone words the errors.
 pub fn parse(token: &[u8]) -> Result<Parsed<'_>, TokenError> {
-    if token.is_empty() {
-        return Err(TokenError::Empty);
-    }
-    let mut parts = token.split(|b| *b == b'.');
-    let (Some(h), Some(c), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::malformed(
-            "token contains an invalid number of segments",
-        ));
-    };
-    let header_json = decode_segment(h).map_err(|at| {
-        TokenError::malformed(&format!(
-            "could not base64 decode header: illegal base64 data at input byte {at}"
-        ))
-    })?;
-    let header = gojson::parse(&header_json)
-        .map_err(|e| TokenError::malformed(&format!("could not JSON decode header: {e}")))?;
-    if !matches!(header, Value::Object(_) | Value::Null) {
-        return Err(TokenError::malformed(&format!(
-            "could not JSON decode header: json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
-            header.kind()
-        )));
-    }
-    let claims_json = decode_segment(c).map_err(|at| {
-        TokenError::malformed(&format!(
-            "could not base64 decode claim: illegal base64 data at input byte {at}"
-        ))
-    })?;
-    let claims = gojson::parse(&claims_json)
-        .map_err(|e| e.to_string())
-        .and_then(|v| registered_claims(&v))
-        .map_err(|e| TokenError::malformed(&format!("could not JSON decode claim: {e}")))?;
-    let alg = match header.get("alg") {
-        Some(Value::String(alg)) => alg.clone(),
-        _ => {
-            return Err(TokenError::Parse(
-                "token is unverifiable: signing method (alg) is unspecified".into(),
-            ));
-        }
-    };
-    if !GO_JWT_METHODS.contains(&alg.as_str()) {
-        return Err(TokenError::Parse(
-            "token is unverifiable: signing method (alg) is unavailable".into(),
-        ));
-    }
-    // Past base64 the first two segments are ASCII; only the signature
-    // (never decoded by upstream) can hold other bytes, and an EKS Auth
-    // request body must be UTF-8.
-    let text = std::str::from_utf8(token)
-        .map_err(|_| TokenError::malformed("token is not valid UTF-8"))?;
-    let header = Header {
-        alg,
-        kid: header.get("kid").and_then(Value::as_str).map(str::to_owned),
-        embeds_key: ["jwk", "jku", "x5u", "x5c"]
-            .iter()
-            .any(|k| header.get(k).is_some()),
-    };
-    Ok(Parsed {
-        header,
-        claims,
-        signing_input: &text[..h.len() + 1 + c.len()],
-        signature: &text[h.len() + c.len() + 2..],
-    })
-}
-
-/// Go's `base64.RawURLEncoding.DecodeString` (non-strict): the error is the
-/// byte offset Go reports (`CorruptInputError`).
-fn decode_segment(seg: &[u8]) -> Result<Vec<u8>, usize> {
-    fn sextet(b: u8) -> Option<u32> {
-        Some(match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let mut out = Vec::with_capacity(seg.len() * 3 / 4);
-    let (mut acc, mut n) = (0u32, 0usize);
-    for (i, &b) in seg.iter().enumerate() {
-        if b == b'\r' || b == b'\n' {
-            continue;
-        }
-        acc = (acc << 6) | sextet(b).ok_or(i)?;
-        n += 1;
-        if n == 4 {
-            out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
-            (acc, n) = (0, 0);
-        }
-    }
-    match n {
-        0 => {}
-        // One dangling character: Go blames it (its offset is len - 1 when
-        // no newline was skipped).
-        1 => {
-            let last = seg
-                .iter()
-                .rposition(|b| *b != b'\r' && *b != b'\n')
-                .expect("a sextet was read");
-            return Err(last);
-        }
-        2 => out.push((acc >> 4) as u8),
-        _ => out.extend_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]),
-    }
-    Ok(out)
-}
-
-/// Decodes `v` as Go decodes into `jwt.RegisteredClaims`: members in order,
-/// field names matched exactly first, then case-insensitively; an
-/// `UnmarshalJSON` error (dates, audience) aborts at once, a plain type error
-/// (`iss`, `sub`, `jti`) is reported only if nothing aborts.
-fn registered_claims(v: &Value) -> Result<Claims, String> {
-    let mut claims = Claims::default();
-    let members = match v {
-        Value::Null => return Ok(claims),
-        Value::Object(members) => members,
-        other => {
-            return Err(format!(
-                "json: cannot unmarshal {} into Go value of type jwt.RegisteredClaims",
-                other.kind()
-            ));
-        }
-    };
-    const FIELDS: &[&str] = &["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
-    let mut saved: Option<String> = None;
-    for (key, value) in members {
-        if key == "kubernetes.io" {
-            match value {
-                Value::Null => claims.kubernetes = None,
-                _ => match serde_json::from_value::<KubernetesClaims>(to_serde(value)) {
-                    Ok(k) => {
-                        claims.kubernetes = Some(k);
-                        claims.kubernetes_malformed = false;
-                    }
-                    Err(_) => {
-                        claims.kubernetes = None;
-                        claims.kubernetes_malformed = true;
-                    }
-                },
-            }
-            continue;
-        }
-        let field = FIELDS
-            .iter()
-            .find(|f| **f == key)
-            .or_else(|| FIELDS.iter().find(|f| f.eq_ignore_ascii_case(key)));
-        let Some(&field) = field else { continue };
-        match field {
-            "iss" | "sub" | "jti" => match value {
-                Value::Null => {}
-                Value::String(s) => match field {
-                    "iss" => claims.iss = Some(s.clone()),
-                    "sub" => claims.sub = Some(s.clone()),
-                    _ => {}
-                },
-                other => {
-                    saved.get_or_insert_with(|| {
-                        format!(
-                            "json: cannot unmarshal {} into Go struct field RegisteredClaims.{field} of type string",
-                            other.kind()
-                        )
-                    });
-                }
-            },
-            "aud" => {
-                claims.aud = match value {
-                    Value::Null => claims.aud,
-                    Value::String(s) => Audience::One(s.clone()),
-                    Value::Array(items) => Audience::Many(
-                        items
-                            .iter()
-                            .map(|i| i.as_str().map(str::to_owned))
-                            .collect::<Option<Vec<_>>>()
-                            .ok_or("invalid type for claim")?,
-                    ),
-                    _ => return Err("invalid type for claim".into()),
-                }
-            }
-            _ => {
-                if matches!(value, Value::Null) {
-                    continue;
-                }
-                let secs = numeric_date(value)?;
-                match field {
-                    "exp" => claims.exp = Some(secs),
-                    "nbf" => claims.nbf = Some(secs),
-                    _ => claims.iat = Some(secs),
-                }
-            }
-        }
-    }
-    match saved {
-        Some(err) => Err(err),
-        None => Ok(claims),
-    }
-}
-
-/// golang-jwt's `NumericDate.UnmarshalJSON`: a JSON number or a string
-/// holding one, as whole seconds (fractions truncated toward the past).
-fn numeric_date(v: &Value) -> Result<i64, String> {
-    let literal = match v {
-        Value::Number(n) => n.clone(),
-        Value::String(s) if is_go_number(s) => s.clone(),
-        Value::String(s) => {
-            let raw = format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-            return Err(format!(
-                "could not parse NumericData: json: invalid number literal, trying to unmarshal {} into Number",
-                go_quote(raw.as_bytes())
-            ));
-        }
-        other => {
-            return Err(format!(
-                "could not parse NumericData: json: cannot unmarshal {} into Go value of type json.Number",
-                other.kind()
-            ));
-        }
-    };
-    let f: f64 = literal.parse().map_err(|_| {
-        format!("could not convert json number value to float: strconv.ParseFloat: parsing \"{literal}\": invalid syntax")
-    })?;
-    if f.is_infinite() {
-        return Err(format!(
-            "could not convert json number value to float: strconv.ParseFloat: parsing \"{literal}\": value out of range"
-        ));
-    }
-    // Go converts out-of-range floats to the minimum int64 (amd64).
-    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
-        return Ok(i64::MIN);
-    }
-    Ok(f.floor() as i64)
-}
-
-/// Go's `isValidNumber`: the JSON number grammar, nothing around it.
-fn is_go_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = usize::from(b.first() == Some(&b'-'));
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        *i > start
-    };
-    match b.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            digits(&mut i);
-        }
-        _ => return false,
-    }
-    if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-        i += 1;
-        digits(&mut i);
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) && i + 1 < b.len() {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-            if i == b.len() {
-                return false;
-            }
-        }
-        digits(&mut i);
-    }
-    i == b.len()
-}
-
-fn to_serde(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::Number(n) => serde_json::from_str(n).unwrap_or(serde_json::Value::Null),
-        Value::String(s) => serde_json::Value::String(s.clone()),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_serde).collect()),
-        Value::Object(members) => serde_json::Value::Object(
-            members
-                .iter()
-                .map(|(k, v)| (k.clone(), to_serde(v)))
-                .collect(),
-        ),
+    match fast::parse(token) {
+        Some(parsed) => Ok(parsed),
+        None => go::parse(token),
     }
 }
 
@@ -592,17 +340,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_offsets_like_go() {
-        assert_eq!(decode_segment(b"eyJhb"), Err(4));
-        assert_eq!(decode_segment(b"!!!"), Err(0));
-        assert_eq!(decode_segment(b"eyJ!"), Err(3));
-        assert_eq!(decode_segment(b"ab+d"), Err(2));
-        assert_eq!(decode_segment(b"e30="), Err(3));
-        // Non-zero trailing bits are accepted (non-strict).
-        assert_eq!(decode_segment(b"e31"), Ok(b"{}".to_vec()));
-    }
-
-    #[test]
     fn time_and_audience_checks() {
         let claims =
             parse(tok(r#"{"aud":"pods.eks.amazonaws.com","exp":200,"nbf":100}"#).as_bytes())
@@ -636,5 +373,62 @@ mod tests {
             check_basic(&both, aud, 150, 0).unwrap_err().to_string(),
             "Service account token failed basic claim validations: token is expired, token is not valid yet"
         );
+    }
+
+    /// Where the fast path accepts a token, the Go-compatible one parses it
+    /// the same: every token of the golang-jwt corpus, and claim shapes the
+    /// fast path must decline or agree on.
+    #[test]
+    fn the_fast_path_agrees_with_the_go_compatible_one() {
+        use base64::engine::general_purpose::STANDARD;
+        let corpus = include_str!("../../tests/data/golang-jwt/cases.tsv");
+        let mut tokens: Vec<Vec<u8>> = corpus
+            .lines()
+            .map(|l| STANDARD.decode(l.split('\t').next().unwrap()).unwrap())
+            .collect();
+        for claims in [
+            r#"{"exp":100,"EXP":200}"#,
+            r#"{"\u017fub":"system:serviceaccount:a:b"}"#,
+            r#"{"sub":"x","sub":"y"}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":"100"}"#,
+            r#"{"exp":1.9,"nbf":-1.5,"iat":1e20}"#,
+            r#"{"aud":[],"jti":5}"#,
+            r#"{"kubernetes.io":{"pod":"p"}}"#,
+            r#"{"kubernetes.io":{"pod":{"name":"p","uid":"u"},"pod":{"name":"q"}}}"#,
+            r#"{"kubernetes.io":null,"Kubernetes.io":{"namespace":"x"}}"#,
+        ] {
+            tokens.push(tok(claims).into_bytes());
+        }
+        let header = |alg: &str, extra: &str| {
+            format!(
+                "{}.{}.c2ln",
+                b64(&format!(r#"{{"alg":"{alg}"{extra}}}"#)),
+                b64("{}")
+            )
+            .into_bytes()
+        };
+        tokens.push(header("RS256", r#","jwk":null"#));
+        tokens.push(header("RS256", r#","alg":"none""#));
+        tokens.push(header("RS256", r#","kid":5"#));
+        let mut fast_accepted = 0;
+        for t in &tokens {
+            let Some(f) = fast::parse(t) else { continue };
+            fast_accepted += 1;
+            let g = go::parse(t).unwrap_or_else(|e| {
+                panic!(
+                    "{}: fast accepted, go refused: {e}",
+                    String::from_utf8_lossy(t)
+                )
+            });
+            let shown = |p: &Parsed<'_>| {
+                format!(
+                    "{:?} {:?} {} {}",
+                    p.header, p.claims, p.signing_input, p.signature
+                )
+            };
+            assert_eq!(shown(&f), shown(&g), "{}", String::from_utf8_lossy(t));
+        }
+        assert!(fast_accepted > 500, "{fast_accepted}");
     }
 }
