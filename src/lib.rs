@@ -4,7 +4,8 @@
 //! The request path reads in four modules: [`endpoint`] (checks, statuses)
 //! → [`verify`] (token admission) → [`cache`] → [`eksauth`].
 //!
-//! - [`app`]: the `server` subcommand assembled: build, bind, run, drain.
+//! - [`app`]: the `server` subcommand assembled: build, run, drain.
+//! - [`listeners`]: binding the credential, probe and metrics listeners.
 //! - [`endpoint`]: `/v1/credentials`, its errors and their one status function.
 //! - [`verify`]: admission: keyless checks, signature verification, the memo.
 //! - [`token`]: JWT parsing with upstream's (golang-jwt's) rules and messages.
@@ -44,6 +45,7 @@ pub mod endpoint;
 pub mod gojson;
 pub mod instance;
 pub mod jwks;
+pub mod listeners;
 pub mod logging;
 pub mod memo;
 pub mod metrics;

@@ -30,6 +30,7 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use crate::credentials::{Credentials, Secret, account_from_arn};
 use crate::metrics::Metrics;
 
+mod answer;
 mod error;
 mod gate;
 

@@ -80,7 +80,7 @@ pub async fn run(
         "demo",
     )));
     let built = app::build(opts).await?;
-    let listeners = app::bind(&server_args).await?;
+    let listeners = app::bind(&server_args).await.map_err(ServerError::from)?;
     let agent_addr = listeners.credential_addrs()[0];
     let probe_addr = listeners.probe_addr();
     let metrics_addr = listeners.metrics_addr();
