@@ -32,6 +32,18 @@ pub use error::InitError;
 pub use link::{Link, LinkKind};
 pub use outcome::{Change, FamilySetup, Ipv6Setup, Outcome, Setup, SysctlSetup};
 
+/// The `eks-pod-identity-init` command line (the packaging tests parse the
+/// manifests' init containers with it).
+#[derive(Debug, clap::Parser)]
+#[command(name = "eks-pod-identity-init", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub init: InitArgs,
+    /// Log level: trace, debug, info, warn, error or off.
+    #[arg(short = 'v', long = "verbosity", default_value = "info")]
+    pub verbosity: tracing::level_filters::LevelFilter,
+}
+
 /// Flags of `initialize` / `eks-pod-identity-init`. Logging flags belong to
 /// the binary that flattens this.
 #[derive(Debug, Clone, clap::Args)]

@@ -7,21 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use pod_identity_init::{InitArgs, run};
-use tracing::level_filters::LevelFilter;
+use pod_identity_init::{Cli, run};
 use tracing::{error, info};
 
 const EX_USAGE: u8 = 64;
-
-#[derive(Debug, Parser)]
-#[command(name = "eks-pod-identity-init", version, about)]
-struct Cli {
-    #[command(flatten)]
-    init: InitArgs,
-    /// Log level: trace, debug, info, warn, error or off.
-    #[arg(short = 'v', long = "verbosity", default_value = "info")]
-    verbosity: LevelFilter,
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
