@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::{info, warn};
 
-use crate::ca_bundle::CaBundle;
+use crate::ca_bundle::{CaBundle, HttpsClient};
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
@@ -97,10 +97,11 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         )),
         None => None,
     };
-    let http_client = match CaBundle::path_from(args.ca_bundle.as_deref(), env) {
-        Some(path) => Some(CaBundle::load(&path)?.http_client()),
+    let bundle = match CaBundle::path_from(args.ca_bundle.as_deref(), env) {
+        Some(path) => Some(CaBundle::load(&path)?),
         None => None,
     };
+    let http_client = Some(HttpsClient::new(bundle.as_ref()).shared());
     let eksauth = EksAuth::with_http_client(
         EksAuthConfig {
             cluster_name: args.cluster_name.clone(),

@@ -14,7 +14,7 @@
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
-//! - [`ca_bundle`]: `--ca-bundle`/`AWS_CA_BUNDLE`, extra roots for AWS calls.
+//! - [`ca_bundle`]: the HTTPS client for AWS calls; `--ca-bundle`/`AWS_CA_BUNDLE`.
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
 //! - [`serve`]: hardened HTTP/1 serving shared by every listener.
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod ctx;
 pub mod procs;
+pub mod profile;
 pub mod report;
 pub mod scenario;
 pub mod stats;

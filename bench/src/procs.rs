@@ -105,6 +105,18 @@ impl Child {
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// CPU time of all its threads so far (`/proc/<pid>/task/*/schedstat`,
+    /// nanoseconds; exited threads are not counted, the agent's live for
+    /// its whole life).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(total))
+    }
+
     pub fn stop(mut self) {
         self.terminate();
     }

@@ -91,6 +91,18 @@ pub async fn run(ctx: &Ctx, params: Params) -> R<Vec<HitRow>> {
                 calls: after.calls - before.calls,
             });
         }
+        // A profiled run after the measured ones (BENCH_PERF), so perf's
+        // cost never reaches the reported numbers.
+        if let Some(profile) = crate::profile::start(agent.child.pid(), &format!("hit-{k}-64")) {
+            let run = ctx
+                .wrk(&format!("profile-agent-{k}"), agent.addr, file, 64, secs)
+                .await;
+            let finished = profile.finish();
+            run?;
+            if let Err(e) = finished {
+                log(format!("  profile: {e}"));
+            }
+        }
         agent.child.stop();
     }
     Ok(rows)

@@ -34,6 +34,8 @@ pub struct Storm {
     pub wall: Duration,
     /// Mean AssumeRoleForPodIdentity duration seen by the agent.
     pub eks_mean: Option<Duration>,
+    /// The agent's CPU time from the release to the last answer.
+    pub agent_cpu: Option<Duration>,
 }
 
 /// Round 1 on a fresh agent (the scenario); round 2 on the same agent with
@@ -93,6 +95,14 @@ async fn round(
             (i % m, r, t0.elapsed())
         }));
     }
+    let profile = crate::profile::start(
+        agent.child.pid(),
+        &format!(
+            "storm-{}",
+            label.split_whitespace().next().unwrap_or("round")
+        ),
+    );
+    let cpu0 = agent.child.cpu_time();
     barrier.wait().await;
     let released = Instant::now();
     let mut latencies = Vec::with_capacity(n);
@@ -109,6 +119,16 @@ async fn round(
         }
     }
     let wall = released.elapsed();
+    let agent_cpu = agent
+        .child
+        .cpu_time()
+        .zip(cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
+    if let Some(profile) = profile
+        && let Err(e) = profile.finish()
+    {
+        log(format!("  profile: {e}"));
+    }
     let after = ctx.emu_stats().await?;
     let m1 = scrape(agent.metrics).await?;
     let sum = "pod_identity_eksauth_duration_seconds_sum{result=\"ok\"}";
@@ -130,13 +150,15 @@ async fn round(
         max: percentile(&latencies, 100.0),
         wall,
         eks_mean,
+        agent_cpu,
     };
     log(format!(
-        "  {label}: {} EKS Auth calls, p50 {}, p99 {}, agent-observed EKS Auth call {}",
+        "  {label}: {} EKS Auth calls, p50 {}, p99 {}, agent-observed EKS Auth call {}, agent CPU {}",
         storm.calls,
         fmt_dur(storm.p50),
         fmt_dur(storm.p99),
-        storm.eks_mean.map(fmt_dur).unwrap_or_default()
+        storm.eks_mean.map(fmt_dur).unwrap_or_default(),
+        storm.agent_cpu.map(fmt_dur).unwrap_or_default()
     ));
     Ok(storm)
 }
