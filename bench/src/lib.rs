@@ -1,6 +1,7 @@
 //! The load benchmark of the agent's credential cache (`bench/run`): the
 //! scenarios (`scenario`), what they share (`ctx`, `wrk`), the Markdown
 //! report (`report`) and support code (a minimal keep-alive HTTP/1.1 client,
+//! a botocore-like credential client (`sdk`),
 //! child-process guards, token minting, latency statistics). The `bench`
 //! binary (`src/bin/bench.rs`) parses the flags and runs them;
 //! `src/bin/baseline.rs` is the physical-limit server and `benches/` holds
@@ -15,6 +16,7 @@ pub mod ctx;
 pub mod procs;
 pub mod report;
 pub mod scenario;
+pub mod sdk;
 pub mod stats;
 pub mod tokens;
 pub mod wrk;

@@ -1,8 +1,11 @@
 //! The Markdown report: the run's header (date, commit, machine, CPU
 //! placement), one section per scenario that ran (`sections`), the medians
 //! of the criterion micro-benchmarks when `--criterion-dir` is given, and
-//! the targets, each reported as a ratio with "met" or "missed".
+//! the targets, each reported as a ratio with "met" or "missed"; then the
+//! EKS Auth protection part (`protect`), which `bench/run --protect` can
+//! replace on its own.
 
+pub mod protect;
 mod sections;
 
 use std::path::{Path, PathBuf};
@@ -11,8 +14,10 @@ use crate::ctx::{Ctx, online_cpus};
 use crate::scenario::hit::HitRow;
 use crate::scenario::memory::Memory;
 use crate::scenario::outage::Outage;
+use crate::scenario::outage_new_pods::OutageNewPods;
 use crate::scenario::rotation::Rotation;
 use crate::scenario::storm::Storm;
+use crate::scenario::throttle::Throttle;
 use crate::stats::fmt_ns;
 
 /// Results of the scenarios that ran.
@@ -23,6 +28,16 @@ pub struct Report {
     pub rotation: Option<Rotation>,
     pub memory: Option<Memory>,
     pub outage: Option<Outage>,
+    pub throttle: Option<Throttle>,
+    pub outage_new_pods: Option<OutageNewPods>,
+    /// The fleet simulation's Markdown (`fleet --markdown`).
+    pub fleet: Option<String>,
+}
+
+impl Report {
+    fn has_protect(&self) -> bool {
+        self.throttle.is_some() || self.outage_new_pods.is_some() || self.fleet.is_some()
+    }
 }
 
 /// What the report says about the run itself.
@@ -103,6 +118,65 @@ fn met(ok: bool) -> &'static str {
 }
 
 pub fn render(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
+    let mut o = render_main(ctx, run, r);
+    if r.has_protect() {
+        o.push_str(&render_protect(run, r));
+    }
+    o
+}
+
+/// The protect part alone, between its markers: its own run line and
+/// targets, so it can be merged into an existing `RESULTS.md`.
+pub fn render_protect(run: &RunInfo, r: &Report) -> String {
+    let mut o = String::new();
+    let mut line = |s: &str| {
+        o.push_str(s);
+        o.push('\n');
+    };
+    line(protect::BEGIN);
+    line("");
+    line("# Protecting EKS Auth");
+    line("");
+    line(&format!(
+        "Run of {} {}, commit `{}`, {}; same setup as above (agent pinned to CPU 0, clients and emulator to CPU 1, loopback). See `bench/README.md` (scenarios 6–8).",
+        if run.quick {
+            "`bench/run --quick --protect`"
+        } else {
+            "`bench/run --protect`"
+        },
+        run.date,
+        run.commit,
+        machine()
+    ));
+    line("");
+    let mut targets: Vec<Target> = Vec::new();
+    if let Some(t) = &r.throttle {
+        protect::throttle(&mut line, t, &mut targets);
+    }
+    if let Some(out) = &r.outage_new_pods {
+        protect::outage_new_pods(&mut line, out, &mut targets);
+    }
+    if let Some(fleet) = &r.fleet {
+        for l in fleet.lines() {
+            line(l);
+        }
+        line("");
+    }
+    if !targets.is_empty() {
+        line("## Targets (EKS Auth protection, scenarios 6 and 7)");
+        line("");
+        line("| target | goal | measured | status |");
+        line("|---|---|---|---|");
+        for (t, goal, m, status) in &targets {
+            line(&format!("| {t} | {goal} | {m} | {status} |"));
+        }
+        line("");
+    }
+    line(protect::END);
+    o
+}
+
+fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     let mut o = String::new();
     let mut line = |s: &str| {
         o.push_str(s);
