@@ -28,15 +28,17 @@ pub struct Report {
     pub rotation: Option<Rotation>,
     pub memory: Option<Memory>,
     pub outage: Option<Outage>,
-    pub throttle: Option<Throttle>,
-    pub outage_new_pods: Option<OutageNewPods>,
+    /// The first run is judged; the others ran with other agent SDK attempts.
+    pub throttle: Vec<Throttle>,
+    /// The first run is judged; the others ran with another gate cap.
+    pub outage_new_pods: Vec<OutageNewPods>,
     /// The fleet simulation's Markdown (`fleet --markdown`).
     pub fleet: Option<String>,
 }
 
 impl Report {
     fn has_protect(&self) -> bool {
-        self.throttle.is_some() || self.outage_new_pods.is_some() || self.fleet.is_some()
+        !self.throttle.is_empty() || !self.outage_new_pods.is_empty() || self.fleet.is_some()
     }
 }
 
@@ -150,11 +152,11 @@ pub fn render_protect(run: &RunInfo, r: &Report) -> String {
     ));
     line("");
     let mut targets: Vec<Target> = Vec::new();
-    if let Some(t) = &r.throttle {
-        protect::throttle(&mut line, t, &mut targets);
+    if !r.throttle.is_empty() {
+        protect::throttle(&mut line, &r.throttle, &mut targets);
     }
-    if let Some(out) = &r.outage_new_pods {
-        protect::outage_new_pods(&mut line, out, &mut targets);
+    if !r.outage_new_pods.is_empty() {
+        protect::outage_new_pods(&mut line, &r.outage_new_pods, &mut targets);
     }
     if let Some(fleet) = &r.fleet {
         for l in fleet.lines() {

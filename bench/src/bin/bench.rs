@@ -131,6 +131,11 @@ struct Args {
     /// Seconds after the first arrival at which throttle clients stop.
     #[arg(long, default_value_t = 180)]
     throttle_deadline: u64,
+    /// throttle runs once per value: the agent's `--eks-auth-max-attempts`;
+    /// 0 = the agent's default (3). The first run is the one judged; others
+    /// are what-ifs.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1])]
+    throttle_max_attempts: Vec<u32>,
     /// New pods per second during the outage of outage-new-pods.
     #[arg(long, default_value_t = 50.0)]
     new_pods_per_sec: f64,
@@ -140,6 +145,11 @@ struct Args {
     /// Seconds after recovery at which outage-new-pods clients stop.
     #[arg(long, default_value_t = 240)]
     new_pods_after: u64,
+    /// outage-new-pods runs once per value: the agent's
+    /// `--eks-auth-rate-limit` (and burst); 0 = the agent's default. The
+    /// first run is the one judged; others are what-ifs.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 300.0])]
+    new_pods_rate_limits: Vec<f64>,
     /// Milliseconds an application waits before asking its SDK again after
     /// the SDK gave up (throttle, outage-new-pods).
     #[arg(long, default_value_t = 2000)]
@@ -342,23 +352,31 @@ async fn scenarios(ctx: &Ctx, args: &Args) -> R<Report> {
     }
     let app_pause = Duration::from_millis(args.app_pause_ms);
     if want("throttle") {
-        let params = throttle::Params {
-            identities: args.throttle_identities,
-            arrival_secs: args.throttle_arrival,
-            rate: args.throttle_rate,
-            app_pause,
-            deadline: Duration::from_secs(args.throttle_deadline),
-        };
-        report.throttle = Some(throttle::run(ctx, params).await?);
+        for &attempts in &args.throttle_max_attempts {
+            let params = throttle::Params {
+                identities: args.throttle_identities,
+                arrival_secs: args.throttle_arrival,
+                rate: args.throttle_rate,
+                app_pause,
+                deadline: Duration::from_secs(args.throttle_deadline),
+                max_attempts: (attempts > 0).then_some(attempts),
+            };
+            report.throttle.push(throttle::run(ctx, params).await?);
+        }
     }
     if want("outage-new-pods") {
-        let params = outage_new_pods::Params {
-            pods_per_sec: args.new_pods_per_sec,
-            outage_secs: args.new_pods_outage,
-            after_secs: args.new_pods_after,
-            app_pause,
-        };
-        report.outage_new_pods = Some(outage_new_pods::run(ctx, params).await?);
+        for &limit in &args.new_pods_rate_limits {
+            let params = outage_new_pods::Params {
+                pods_per_sec: args.new_pods_per_sec,
+                outage_secs: args.new_pods_outage,
+                after_secs: args.new_pods_after,
+                app_pause,
+                rate_limit: (limit > 0.0).then_some(limit),
+            };
+            report
+                .outage_new_pods
+                .push(outage_new_pods::run(ctx, params).await?);
+        }
     }
     Ok(report)
 }

@@ -55,12 +55,21 @@ fn agent(a: &AgentCounts) -> String {
 
 const CLIENT: &str = "Clients: botocore's container provider rules (3 attempts over a keep-alive connection, 2 s timeout each, 1 s sleep after each failure); when the SDK gives up, the application asks it again";
 
-pub(super) fn throttle(line: &mut impl FnMut(&str), t: &Throttle, targets: &mut Vec<Target>) {
+fn attempts(t: &Throttle) -> String {
+    match t.params.max_attempts {
+        None => "default (3)".into(),
+        Some(a) => format!("`--eks-auth-max-attempts {a}`"),
+    }
+}
+
+/// `runs` is not empty; the first is judged, the others are what-ifs.
+pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: &mut Vec<Target>) {
+    let t = &runs[0];
     let p = &t.params;
     line("## 6. Throttling EKS Auth, new identities");
     line("");
     line(&format!(
-        "A fresh agent with default protection (`--eks-auth-rate-limit 20`, burst 40, SDK max attempts 3); the emulator answers `ThrottlingException` (429) above **R = {} calls/s** (token bucket, burst R); {} new identities arrive evenly over {} s. {CLIENT} {} ms later, until served (deadline {} s). \"EKS Auth calls\" are the attempts the emulator saw, including the agent's own SDK retries; \"served\" is an identity's first 200.",
+        "A fresh agent with default protection (`--eks-auth-rate-limit 20`, burst 40); the emulator answers `ThrottlingException` (429) above **R = {} calls/s** (token bucket, burst R); {} new identities arrive evenly over {} s. {CLIENT} {} ms later, until served (deadline {} s). \"EKS Auth calls\" are the attempts the emulator saw, including the agent's own SDK retries; \"served\" is an identity's first 200; \"all served after\" runs from the first arrival to the last identity's first 200. The first row uses the agent's default SDK attempts (judged); further rows are what-ifs with other `--eks-auth-max-attempts`.",
         p.rate,
         thousands(p.identities as u64),
         p.arrival_secs,
@@ -69,41 +78,55 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), t: &Throttle, targets: &mut 
     ));
     line("");
     line(
-        "| EKS Auth calls | per identity | throttled (429) | successes | identities served | all served after | wait p50 / p99 / max | client attempts | SDK give-ups (identities) |",
+        "| agent SDK attempts | EKS Auth calls | per identity | throttled (429) | successes | identities served | all served after | wait p50 / p99 / max | client attempts | SDK give-ups (identities) |",
     );
-    line("|---:|---:|---:|---:|---:|---:|---|---|---:|");
-    line(&format!(
-        "| {} | {:.2} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} ({}) |",
-        thousands(t.calls),
-        t.calls_per_identity(),
-        thousands(t.throttled),
-        thousands(t.successes),
-        thousands(t.served as u64),
-        thousands(p.identities as u64),
-        t.all_served
-            .map(fmt_dur)
-            .unwrap_or_else(|| "not all".into()),
-        fmt_dur(t.wait_p50),
-        fmt_dur(t.wait_p99),
-        fmt_dur(t.wait_max),
-        seen(&t.seen),
-        thousands(t.give_ups),
-        thousands(t.identities_with_give_up as u64)
-    ));
-    line("");
-    line(&format!("Agent: {}.", agent(&t.agent)));
-    line("");
-    line("EKS Auth attempts per second (`calls` or `calls/throttled`), second 0 = first arrival:");
-    line("");
-    line("```");
-    let end = t
-        .all_served
-        .map_or(t.curve.seconds.len(), |d| d.as_secs() as usize + 2);
-    for row in t.curve.rows(0, end) {
-        line(&row);
+    line("|---|---:|---:|---:|---:|---:|---:|---|---|---:|");
+    for t in runs {
+        line(&format!(
+            "| {} | {} | {:.2} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} ({}) |",
+            attempts(t),
+            thousands(t.calls),
+            t.calls_per_identity(),
+            thousands(t.throttled),
+            thousands(t.successes),
+            thousands(t.served as u64),
+            thousands(t.params.identities as u64),
+            t.all_served
+                .map(fmt_dur)
+                .unwrap_or_else(|| "not all".into()),
+            fmt_dur(t.wait_p50),
+            fmt_dur(t.wait_p99),
+            fmt_dur(t.wait_max),
+            seen(&t.seen),
+            thousands(t.give_ups),
+            thousands(t.identities_with_give_up as u64)
+        ));
     }
-    line("```");
     line("");
+    for t in runs {
+        line(&format!(
+            "Agent, SDK attempts {}: {}.",
+            attempts(t),
+            agent(&t.agent)
+        ));
+        line("");
+    }
+    for t in runs {
+        line(&format!(
+            "EKS Auth attempts per second, SDK attempts {} (`calls` or `calls/throttled`), second 0 = first arrival:",
+            attempts(t)
+        ));
+        line("");
+        line("```");
+        let end = t
+            .all_served
+            .map_or(t.curve.seconds.len(), |d| d.as_secs() as usize + 2);
+        for row in t.curve.rows(0, end) {
+            line(&row);
+        }
+        line("```");
+        line("");
+    }
     targets.push((
         format!(
             "Throttle (R = {}/s, {} new identities): EKS Auth calls per identity",
@@ -142,16 +165,25 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), t: &Throttle, targets: &mut 
     ));
 }
 
+fn gate(o: &OutageNewPods) -> String {
+    match o.params.rate_limit {
+        None => "default (20/s, burst 40)".into(),
+        Some(r) => format!("`--eks-auth-rate-limit {r}` (burst {})", r.ceil()),
+    }
+}
+
+/// `runs` is not empty; the first is judged, the others are what-ifs.
 pub(super) fn outage_new_pods(
     line: &mut impl FnMut(&str),
-    o: &OutageNewPods,
+    runs: &[OutageNewPods],
     targets: &mut Vec<Target>,
 ) {
+    let o = &runs[0];
     let p = &o.params;
     line("## 7. EKS Auth outage while new pods arrive");
     line("");
     line(&format!(
-        "A fresh agent with default protection; the emulator answers `ServiceUnavailableException` (503) for {} s while {} new pods/s arrive ({} identities), then recovers. {CLIENT} {} ms later, until served (clients stop {} s after recovery). \"Needed a call\": identities that asked before recovery and were not served before it.",
+        "A fresh agent; the emulator answers `ServiceUnavailableException` (503) for {} s while {} new pods/s arrive ({} identities), then recovers. {CLIENT} {} ms later, until served (clients stop {} s after recovery). \"Needed a call\": identities that asked before recovery and were not served before it. The first row is the agent's default gate (judged); further rows rerun the scenario with a higher gate cap, to show what recovering in 10 s would take.",
         p.outage_secs,
         p.pods_per_sec,
         thousands(o.identities as u64),
@@ -159,54 +191,61 @@ pub(super) fn outage_new_pods(
         p.after_secs
     ));
     line("");
-    line("| window | EKS Auth calls | per identity that needed one | client attempts | agent |");
-    line("|---|---:|---:|---|---|");
-    line(&format!(
-        "| outage ({:.1} s) | {} | {:.2} ({} identities) | {} | {} |",
-        o.recovered_at.as_secs_f64(),
-        thousands(o.calls_during),
-        o.calls_per_needed(),
-        thousands(o.needed as u64),
-        seen(&o.seen_during),
-        agent(&o.agent_during)
-    ));
-    line(&format!(
-        "| after recovery | {} | | {} | {} |",
-        thousands(o.calls_after),
-        seen(&o.seen_after),
-        agent(&o.agent_after)
-    ));
-    line("");
-    let (peak_s, peak) = o.curve.peak(o.recovery_second, o.curve.seconds.len());
-    line(&format!(
-        "After recovery: {} of {} identities served, {} within 10 s; wait from recovery p50 {}, p99 {}, max {}. Busiest second after recovery: {} calls (second {}).",
-        thousands(o.served as u64),
-        thousands(o.needed as u64),
-        thousands(o.within_10s as u64),
-        fmt_dur(o.after_p50),
-        fmt_dur(o.after_p99),
-        fmt_dur(o.after_max),
-        peak,
-        peak_s
-    ));
-    line("");
-    line(&format!(
-        "EKS Auth attempts per second (`calls` or `calls/failed`), second 0 = outage start, recovery in second {}:",
-        o.recovery_second
-    ));
-    line("");
-    line("```");
-    let last_busy = o
-        .curve
-        .seconds
-        .iter()
-        .rposition(|c| c.calls > 0)
-        .map_or(0, |i| i + 2);
-    for row in o.curve.rows(0, last_busy) {
-        line(&row);
+    line(
+        "| node-wide gate | EKS Auth calls during the outage | per identity that needed one | calls after recovery | served within 10 s of recovery | wait from recovery p50 / p99 / max | busiest second after recovery | client attempts (outage; after) |",
+    );
+    line("|---|---:|---:|---:|---:|---|---:|---|");
+    for o in runs {
+        let (peak_s, peak) = o.curve.peak(o.recovery_second, o.curve.seconds.len());
+        line(&format!(
+            "| {} | {} | {:.2} ({} identities) | {} | {} / {} | {} / {} / {} | {} (second {}) | {}; {} |",
+            gate(o),
+            thousands(o.calls_during),
+            o.calls_per_needed(),
+            thousands(o.needed as u64),
+            thousands(o.calls_after),
+            thousands(o.within_10s as u64),
+            thousands(o.needed as u64),
+            fmt_dur(o.after_p50),
+            fmt_dur(o.after_p99),
+            fmt_dur(o.after_max),
+            peak,
+            peak_s,
+            seen(&o.seen_during),
+            seen(&o.seen_after)
+        ));
     }
-    line("```");
     line("");
+    for o in runs {
+        line(&format!(
+            "Agent, gate {}: during the outage {}; after recovery {}.",
+            gate(o),
+            agent(&o.agent_during),
+            agent(&o.agent_after)
+        ));
+        line("");
+    }
+    for o in runs {
+        line(&format!(
+            "EKS Auth attempts per second, gate {} (`calls` or `calls/failed`), second 0 = outage start, recovery in second {}:",
+            gate(o),
+            o.recovery_second
+        ));
+        line("");
+        line("```");
+        let last_busy = o
+            .curve
+            .seconds
+            .iter()
+            .rposition(|c| c.calls > 0)
+            .map_or(0, |i| i + 2);
+        for row in o.curve.rows(0, last_busy) {
+            line(&row);
+        }
+        line("```");
+        line("");
+    }
+    let (peak_s, peak) = o.curve.peak(o.recovery_second, o.curve.seconds.len());
     targets.push((
         format!(
             "Outage ({} s, {} new pods/s): EKS Auth calls during the outage",
@@ -233,7 +272,7 @@ pub(super) fn outage_new_pods(
         met(o.within_10s == o.needed),
     ));
     // The gate's cap plus its burst bounds any one second.
-    let cap = 20 + 40;
+    let cap = p.rate_limit.map_or(60, |r| 2 * r.ceil() as u64);
     targets.push((
         "Outage: no synchronized burst at recovery".into(),
         format!("busiest second ≤ {cap} (gate cap + burst)"),

@@ -26,6 +26,8 @@ pub struct Params {
     pub after_secs: u64,
     /// The application asks the SDK again this long after it gives up.
     pub app_pause: Duration,
+    /// The agent's `--eks-auth-rate-limit` (and burst); `None`: its default.
+    pub rate_limit: Option<f64>,
 }
 
 pub struct OutageNewPods {
@@ -62,10 +64,23 @@ impl OutageNewPods {
 pub async fn run(ctx: &Ctx, params: Params) -> R<OutageNewPods> {
     let n = ((params.pods_per_sec * params.outage_secs as f64) as usize).min(ctx.pods.len());
     log(format!(
-        "outage with new pods: {} s of 503, {n} new identities ({}/s), then {} s",
-        params.outage_secs, params.pods_per_sec, params.after_secs
+        "outage with new pods: {} s of 503, {n} new identities ({}/s), then {} s; gate {}",
+        params.outage_secs,
+        params.pods_per_sec,
+        params.after_secs,
+        params
+            .rate_limit
+            .map_or("default".into(), |r| format!("{r}/s"))
     ));
-    let agent = ctx.agent("outage-new-pods", &[]).await?;
+    let limit = params.rate_limit.map(|r| r.to_string());
+    let burst = params
+        .rate_limit
+        .map(|r| (r.ceil() as u64).max(1).to_string());
+    let extra: Vec<&str> = match (&limit, &burst) {
+        (Some(l), Some(b)) => vec!["--eks-auth-rate-limit", l, "--eks-auth-rate-burst", b],
+        _ => Vec::new(),
+    };
+    let agent = ctx.agent("outage-new-pods", &extra).await?;
     let outcome: R<_> = async {
         let m0 = scrape(agent.metrics).await?;
         let s0 = ctx.emu_stats().await?;

@@ -26,6 +26,8 @@ pub struct Params {
     pub app_pause: Duration,
     /// Clients stop asking this long after the first arrival.
     pub deadline: Duration,
+    /// The agent's `--eks-auth-max-attempts`; `None`: its default (3).
+    pub max_attempts: Option<u32>,
 }
 
 pub struct Throttle {
@@ -101,10 +103,19 @@ pub async fn clients(
 pub async fn run(ctx: &Ctx, params: Params) -> R<Throttle> {
     let n = params.identities.min(ctx.pods.len());
     log(format!(
-        "throttle: {n} new identities over {} s, EKS Auth throttling above {} calls/s",
-        params.arrival_secs, params.rate
+        "throttle: {n} new identities over {} s, EKS Auth throttling above {} calls/s, agent SDK attempts {}",
+        params.arrival_secs,
+        params.rate,
+        params
+            .max_attempts
+            .map_or("default".into(), |a| a.to_string())
     ));
-    let agent = ctx.agent("throttle", &[]).await?;
+    let attempts = params.max_attempts.map(|a| a.to_string());
+    let extra: Vec<&str> = attempts
+        .iter()
+        .flat_map(|a| ["--eks-auth-max-attempts", a.as_str()])
+        .collect();
+    let agent = ctx.agent("throttle", &extra).await?;
     ctx.emu_faults(&format!("{{\"throttle_above_per_s\":{}}}", params.rate))
         .await?;
     let outcome: R<_> = async {
