@@ -83,7 +83,7 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
     line("|---|---:|---:|---:|---:|---:|---:|---|---|---:|");
     for t in runs {
         line(&format!(
-            "| {} | {} | {:.2} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} ({}) |",
+            "| {} | {} | {:.3} | {} | {} | {} / {} | {} | {} / {} / {} | {} | {} ({}) |",
             attempts(t),
             thousands(t.calls),
             t.calls_per_identity(),
@@ -127,6 +127,23 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
         line("```");
         line("");
     }
+    if let Some(one) = runs.iter().find(|r| r.params.max_attempts == Some(1))
+        && t.params.max_attempts.is_none()
+    {
+        let retries = t.calls.saturating_sub(t.agent.calls);
+        line(&format!(
+            "What the numbers show: with the default SDK attempts, {} of the {} calls ({:.2} per identity) were the agent's own SDK retries: a throttled attempt is retried 0–1 s later, outside the node-wide gate, into the same empty bucket, and each retry that is throttled halves the gate again. With `--eks-auth-max-attempts 1` the gate alone paced the calls: {} calls ({:.3} per identity), {} throttled, every identity served after {} (floor: (N − R) / R = {:.0} s, the emulator's bucket starting full). Clients mostly saw timeouts, not 429s: a miss waits in the gate's queue longer than botocore's 2 s.",
+            thousands(retries),
+            thousands(t.calls),
+            retries as f64 / p.identities.max(1) as f64,
+            thousands(one.calls),
+            one.calls_per_identity(),
+            thousands(one.throttled),
+            one.all_served.map(fmt_dur).unwrap_or_else(|| "—".into()),
+            floor(p)
+        ));
+        line("");
+    }
     targets.push((
         format!(
             "Throttle (R = {}/s, {} new identities): EKS Auth calls per identity",
@@ -134,7 +151,7 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
         ),
         "≤ 1.5 (every retry included)".into(),
         format!(
-            "{:.2} ({} calls)",
+            "{:.3} ({} calls)",
             t.calls_per_identity(),
             thousands(t.calls)
         ),
@@ -142,11 +159,7 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
     ));
     targets.push((
         "Throttle: time until every identity is served".into(),
-        format!(
-            "reported (floor: {} identities / R = {:.0} s)",
-            p.identities,
-            p.identities as f64 / p.rate
-        ),
+        format!("reported (floor: (N − R) / R = {:.0} s)", floor(p)),
         t.all_served
             .map(fmt_dur)
             .unwrap_or_else(|| format!("{} of {} served", t.served, p.identities)),
@@ -163,6 +176,11 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
         ),
         "info",
     ));
+}
+
+/// The least time N identities need at R calls/s from a full bucket of R.
+fn floor(p: &crate::scenario::throttle::Params) -> f64 {
+    (p.identities as f64 - p.rate).max(0.0) / p.rate
 }
 
 fn gate(o: &OutageNewPods) -> String {
@@ -243,6 +261,19 @@ pub(super) fn outage_new_pods(
             line(&row);
         }
         line("```");
+        line("");
+    }
+    if let Some(high) = runs.get(1) {
+        line(&format!(
+            "What the numbers show: calls during the outage stayed low because of the gate, which lets at most {} calls/s through (plus the agent's SDK retries while its retry quota lasts) however many identities wait; the per-identity backoff alone allows one call per window (about 1, 2, 4, 8, 16 s, then every 15–30 s), which is what the second row shows: {:.2} calls per identity. The same gate makes recovery take identities / cap = {} s; with the cap at {} calls/s, {} of {} identities were served within 10 s and the last after {}: the rest of the wait is the backoff window each identity still had open at recovery (up to 30 s), during which it is answered the replayed 503.",
+            p.rate_limit.map_or(20.0, |r| r),
+            high.calls_per_needed(),
+            (o.needed as f64 / p.rate_limit.unwrap_or(20.0)).round(),
+            high.params.rate_limit.unwrap_or(20.0),
+            thousands(high.within_10s as u64),
+            thousands(high.needed as u64),
+            fmt_dur(high.after_max)
+        ));
         line("");
     }
     let (peak_s, peak) = o.curve.peak(o.recovery_second, o.curve.seconds.len());
