@@ -47,6 +47,8 @@ pub struct RunInfo {
     pub date: String,
     pub commit: String,
     pub quick: bool,
+    /// Only the protection part ran (`bench/run --protect`).
+    pub protect_only: bool,
     /// Seconds per measured wrk run.
     pub duration: u64,
     /// `target/criterion`, when the micro-benchmarks ran.
@@ -115,6 +117,15 @@ fn machine() -> String {
     )
 }
 
+fn placement(ctx: &Ctx) -> String {
+    match (&ctx.placement.server_cpus, &ctx.placement.load_cpus) {
+        (Some(s), Some(l)) => format!(
+            "server under test (agent or baseline) pinned to CPU {s}; wrk, the Rust load client and the emulator pinned to CPU {l}"
+        ),
+        _ => "no CPU pinning (server and load generator share all cores)".into(),
+    }
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -122,14 +133,14 @@ fn met(ok: bool) -> &'static str {
 pub fn render(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     let mut o = render_main(ctx, run, r);
     if r.has_protect() {
-        o.push_str(&render_protect(run, r));
+        o.push_str(&render_protect(ctx, run, r));
     }
     o
 }
 
 /// The protect part alone, between its markers: its own run line and
 /// targets, so it can be merged into an existing `RESULTS.md`.
-pub fn render_protect(run: &RunInfo, r: &Report) -> String {
+pub fn render_protect(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     let mut o = String::new();
     let mut line = |s: &str| {
         o.push_str(s);
@@ -140,15 +151,17 @@ pub fn render_protect(run: &RunInfo, r: &Report) -> String {
     line("# Protecting EKS Auth");
     line("");
     line(&format!(
-        "Run of {} {}, commit `{}`, {}; same setup as above (agent pinned to CPU 0, clients and emulator to CPU 1, loopback). See `bench/README.md` (scenarios 6–8).",
-        if run.quick {
-            "`bench/run --quick --protect`"
-        } else {
-            "`bench/run --protect`"
+        "Run of {} {}, commit `{}`, {}; {}; release builds; loopback; the fleet simulation runs in-process on two threads before the scenarios. See `bench/README.md` (scenarios 6–8).",
+        match (run.protect_only, run.quick) {
+            (true, true) => "`bench/run --quick --protect`",
+            (true, false) => "`bench/run --protect`",
+            (false, true) => "`bench/run --quick`",
+            (false, false) => "`bench/run`",
         },
         run.date,
         run.commit,
-        machine()
+        machine(),
+        placement(ctx)
     ));
     line("");
     let mut targets: Vec<Target> = Vec::new();
@@ -194,12 +207,7 @@ fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     line(&format!("- Date: {}", run.date));
     line(&format!("- Commit: `{}`", run.commit));
     line(&format!("- Machine: {}", machine()));
-    let placement = match (&ctx.placement.server_cpus, &ctx.placement.load_cpus) {
-        (Some(s), Some(l)) => format!(
-            "server under test (agent or baseline) pinned to CPU {s}; wrk, the Rust load client and the emulator pinned to CPU {l}"
-        ),
-        _ => "no CPU pinning (server and load generator share all cores)".into(),
-    };
+    let placement = placement(ctx);
     line(&format!(
         "- Mode: {} ({} s per wrk run, `wrk -t{}`); {placement}; release builds; loopback",
         if run.quick { "quick" } else { "full" },

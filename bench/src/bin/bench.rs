@@ -289,6 +289,7 @@ fn run(args: Args) -> R<()> {
         date: args.date.clone(),
         commit: args.commit.clone(),
         quick: args.quick,
+        protect_only: args.results_region,
         duration: args.duration,
         criterion_dir: args.criterion_dir.clone(),
     };
@@ -297,7 +298,7 @@ fn run(args: Args) -> R<()> {
     if let Some(path) = &args.results {
         let text = if args.results_region {
             let existing = std::fs::read_to_string(path).unwrap_or_default();
-            report::protect::merge(&existing, &report::render_protect(&info, &report))
+            report::protect::merge(&existing, &report::render_protect(&ctx, &info, &report))
         } else {
             text
         };

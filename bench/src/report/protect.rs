@@ -132,7 +132,7 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
     {
         let retries = t.calls.saturating_sub(t.agent.calls);
         line(&format!(
-            "What the numbers show: with the default SDK attempts, {} of the {} calls ({:.2} per identity) were the agent's own SDK retries: a throttled attempt is retried 0–1 s later, outside the node-wide gate, into the same empty bucket, and each retry that is throttled halves the gate again. With `--eks-auth-max-attempts 1` the gate alone paced the calls: {} calls ({:.3} per identity), {} throttled, every identity served after {} (floor: (N − R) / R = {:.0} s, the emulator's bucket starting full). Clients mostly saw timeouts, not 429s: a miss waits in the gate's queue longer than botocore's 2 s.",
+            "What the numbers show: with the default SDK attempts, {} of the {} calls ({:.2} per identity) were the agent's own SDK retries: a throttled attempt is retried 0–1 s later, outside the node-wide gate, into the same empty bucket. With `--eks-auth-max-attempts 1` the gate alone paced the calls: {} calls ({:.3} per identity), {} throttled, every identity served after {} (floor: (N − R) / R = {:.0} s, the emulator's bucket starting full). Clients mostly saw timeouts, not 429s: a miss waits in the gate's queue longer than botocore's 2 s.",
             thousands(retries),
             thousands(t.calls),
             retries as f64 / p.identities.max(1) as f64,
