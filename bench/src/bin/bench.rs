@@ -136,6 +136,10 @@ struct Args {
     /// are what-ifs.
     #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1])]
     throttle_max_attempts: Vec<u32>,
+    /// Runs of the first (judged) throttle configuration; its calls per
+    /// identity vary from run to run, and the median is judged.
+    #[arg(long, default_value_t = 3)]
+    throttle_repeats: usize,
     /// New pods per second during the outage of outage-new-pods.
     #[arg(long, default_value_t = 50.0)]
     new_pods_per_sec: f64,
@@ -353,7 +357,13 @@ async fn scenarios(ctx: &Ctx, args: &Args) -> R<Report> {
     }
     let app_pause = Duration::from_millis(args.app_pause_ms);
     if want("throttle") {
-        for &attempts in &args.throttle_max_attempts {
+        let first = args.throttle_max_attempts.first().copied();
+        let runs = first
+            .into_iter()
+            .cycle()
+            .take(args.throttle_repeats.max(1))
+            .chain(args.throttle_max_attempts.iter().skip(1).copied());
+        for attempts in runs {
             let params = throttle::Params {
                 identities: args.throttle_identities,
                 arrival_secs: args.throttle_arrival,
