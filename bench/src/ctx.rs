@@ -151,6 +151,8 @@ pub struct Agent {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct EmuStats {
     pub calls: u64,
+    pub successes: u64,
+    pub throttled: u64,
 }
 
 impl Ctx {

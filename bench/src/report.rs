@@ -1,8 +1,11 @@
 //! The Markdown report: the run's header (date, commit, machine, CPU
 //! placement), one section per scenario that ran (`sections`), the medians
 //! of the criterion micro-benchmarks when `--criterion-dir` is given, and
-//! the targets, each reported as a ratio with "met" or "missed".
+//! the targets, each reported as a ratio with "met" or "missed"; then the
+//! EKS Auth protection part (`protect`), which `bench/run --protect` can
+//! replace on its own.
 
+pub mod protect;
 mod sections;
 
 use std::path::{Path, PathBuf};
@@ -11,8 +14,10 @@ use crate::ctx::{Ctx, online_cpus};
 use crate::scenario::hit::HitRow;
 use crate::scenario::memory::Memory;
 use crate::scenario::outage::Outage;
+use crate::scenario::outage_new_pods::OutageNewPods;
 use crate::scenario::rotation::Rotation;
 use crate::scenario::storm::Storm;
+use crate::scenario::throttle::Throttle;
 use crate::stats::fmt_ns;
 
 /// Results of the scenarios that ran.
@@ -23,6 +28,18 @@ pub struct Report {
     pub rotation: Option<Rotation>,
     pub memory: Option<Memory>,
     pub outage: Option<Outage>,
+    /// The first run is judged; the others ran with other agent SDK attempts.
+    pub throttle: Vec<Throttle>,
+    /// The first run is judged; the others ran with another gate cap.
+    pub outage_new_pods: Vec<OutageNewPods>,
+    /// The fleet simulation's Markdown (`fleet --markdown`).
+    pub fleet: Option<String>,
+}
+
+impl Report {
+    fn has_protect(&self) -> bool {
+        !self.throttle.is_empty() || !self.outage_new_pods.is_empty() || self.fleet.is_some()
+    }
 }
 
 /// What the report says about the run itself.
@@ -30,6 +47,8 @@ pub struct RunInfo {
     pub date: String,
     pub commit: String,
     pub quick: bool,
+    /// Only the protection part ran (`bench/run --protect`).
+    pub protect_only: bool,
     /// Seconds per measured wrk run.
     pub duration: u64,
     /// `target/criterion`, when the micro-benchmarks ran.
@@ -98,11 +117,81 @@ fn machine() -> String {
     )
 }
 
+fn placement(ctx: &Ctx) -> String {
+    match (&ctx.placement.server_cpus, &ctx.placement.load_cpus) {
+        (Some(s), Some(l)) => format!(
+            "server under test (agent or baseline) pinned to CPU {s}; wrk, the Rust load client and the emulator pinned to CPU {l}"
+        ),
+        _ => "no CPU pinning (server and load generator share all cores)".into(),
+    }
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
 pub fn render(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
+    let mut o = render_main(ctx, run, r);
+    if r.has_protect() {
+        o.push_str(&render_protect(ctx, run, r));
+    }
+    o
+}
+
+/// The protect part alone, between its markers: its own run line and
+/// targets, so it can be merged into an existing `RESULTS.md`.
+pub fn render_protect(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
+    let mut o = String::new();
+    let mut line = |s: &str| {
+        o.push_str(s);
+        o.push('\n');
+    };
+    line(protect::BEGIN);
+    line("");
+    line("# Protecting EKS Auth");
+    line("");
+    line(&format!(
+        "Run of {} {}, commit `{}`, {}; {}; release builds; loopback; the fleet simulation runs in-process on two threads before the scenarios. See `bench/README.md` (scenarios 6–8).",
+        match (run.protect_only, run.quick) {
+            (true, true) => "`bench/run --quick --protect`",
+            (true, false) => "`bench/run --protect`",
+            (false, true) => "`bench/run --quick`",
+            (false, false) => "`bench/run`",
+        },
+        run.date,
+        run.commit,
+        machine(),
+        placement(ctx)
+    ));
+    line("");
+    let mut targets: Vec<Target> = Vec::new();
+    if !r.throttle.is_empty() {
+        protect::throttle(&mut line, &r.throttle, &mut targets);
+    }
+    if !r.outage_new_pods.is_empty() {
+        protect::outage_new_pods(&mut line, &r.outage_new_pods, &mut targets);
+    }
+    if let Some(fleet) = &r.fleet {
+        for l in fleet.lines() {
+            line(l);
+        }
+        line("");
+    }
+    if !targets.is_empty() {
+        line("## Targets (EKS Auth protection, scenarios 6 and 7)");
+        line("");
+        line("| target | goal | measured | status |");
+        line("|---|---|---|---|");
+        for (t, goal, m, status) in &targets {
+            line(&format!("| {t} | {goal} | {m} | {status} |"));
+        }
+        line("");
+    }
+    line(protect::END);
+    o
+}
+
+fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     let mut o = String::new();
     let mut line = |s: &str| {
         o.push_str(s);
@@ -118,12 +207,7 @@ pub fn render(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     line(&format!("- Date: {}", run.date));
     line(&format!("- Commit: `{}`", run.commit));
     line(&format!("- Machine: {}", machine()));
-    let placement = match (&ctx.placement.server_cpus, &ctx.placement.load_cpus) {
-        (Some(s), Some(l)) => format!(
-            "server under test (agent or baseline) pinned to CPU {s}; wrk, the Rust load client and the emulator pinned to CPU {l}"
-        ),
-        _ => "no CPU pinning (server and load generator share all cores)".into(),
-    };
+    let placement = placement(ctx);
     line(&format!(
         "- Mode: {} ({} s per wrk run, `wrk -t{}`); {placement}; release builds; loopback",
         if run.quick { "quick" } else { "full" },

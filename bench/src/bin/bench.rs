@@ -12,7 +12,13 @@
 //! 3. `rotation`: token rotation in verified mode, with and without the
 //!    verified-token memo;
 //! 4. `memory`: VmRSS idle and with many cached identities;
-//! 5. `outage`: valid credentials served while EKS Auth fails.
+//! 5. `outage`: valid credentials served while EKS Auth fails;
+//! 6. `throttle`: EKS Auth throttling while new identities arrive;
+//! 7. `outage-new-pods`: an EKS Auth outage while new pods arrive.
+//!
+//! `--fleet-report` adds the fleet simulation's Markdown (the `fleet`
+//! binary) to the report; `--results-region` merges only the EKS Auth
+//! protection part (6, 7, fleet) into an existing results file.
 //!
 //! What they share is in `ctx` and `wrk`, the Markdown in `report`. Timings
 //! are reported, never asserted: the exit status only says whether the
@@ -23,14 +29,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use pod_identity_bench::R;
 use pod_identity_bench::ctx::{Ctx, Emulator, log, online_cpus, pin_self, raise_nofile};
 use pod_identity_bench::procs::Placement;
 use pod_identity_bench::report::{self, Report, RunInfo};
-use pod_identity_bench::scenario::{hit, memory, outage, rotation, storm};
+use pod_identity_bench::scenario::{
+    hit, memory, outage, outage_new_pods, rotation, storm, throttle,
+};
 use pod_identity_bench::tokens::{self, pod_spec};
 use testkit::issuer::Issuer;
 
@@ -58,7 +66,8 @@ struct Args {
     /// Shorter pass (only labels the report; durations come from the flags).
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run: hit, storm, rotation, memory, outage.
+    /// Scenarios to run: hit, storm, rotation, memory, outage, throttle,
+    /// outage-new-pods.
     #[arg(long, value_delimiter = ',', default_values_t = ["hit".to_string(), "storm".into(), "rotation".into(), "memory".into(), "outage".into()])]
     scenarios: Vec<String>,
     /// Identities the agent is warmed with in the cache-hit scenario.
@@ -110,6 +119,52 @@ struct Args {
     /// Second of the load at which EKS Auth recovers.
     #[arg(long, default_value_t = 25)]
     outage_end: u64,
+    /// New identities in the throttle scenario.
+    #[arg(long, default_value_t = 500)]
+    throttle_identities: usize,
+    /// Seconds over which they arrive.
+    #[arg(long, default_value_t = 5.0)]
+    throttle_arrival: f64,
+    /// EKS Auth throttles above this many calls/s (R).
+    #[arg(long, default_value_t = 10.0)]
+    throttle_rate: f64,
+    /// Seconds after the first arrival at which throttle clients stop.
+    #[arg(long, default_value_t = 180)]
+    throttle_deadline: u64,
+    /// throttle runs once per value: the agent's `--eks-auth-max-attempts`;
+    /// 0 = the agent's default (3). The first run is the one judged; others
+    /// are what-ifs.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1])]
+    throttle_max_attempts: Vec<u32>,
+    /// Runs of the first (judged) throttle configuration; its calls per
+    /// identity vary from run to run, and the median is judged.
+    #[arg(long, default_value_t = 3)]
+    throttle_repeats: usize,
+    /// New pods per second during the outage of outage-new-pods.
+    #[arg(long, default_value_t = 50.0)]
+    new_pods_per_sec: f64,
+    /// Seconds of 503 in outage-new-pods.
+    #[arg(long, default_value_t = 60)]
+    new_pods_outage: u64,
+    /// Seconds after recovery at which outage-new-pods clients stop.
+    #[arg(long, default_value_t = 240)]
+    new_pods_after: u64,
+    /// outage-new-pods runs once per value: the agent's
+    /// `--eks-auth-rate-limit` (and burst); 0 = the agent's default. The
+    /// first run is the one judged; others are what-ifs.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 300.0])]
+    new_pods_rate_limits: Vec<f64>,
+    /// Milliseconds an application waits before asking its SDK again after
+    /// the SDK gave up (throttle, outage-new-pods).
+    #[arg(long, default_value_t = 2000)]
+    app_pause_ms: u64,
+    /// The fleet simulation's Markdown (`fleet --markdown`), added to the report.
+    #[arg(long)]
+    fleet_report: Option<PathBuf>,
+    /// Write only the EKS Auth protection part into `--results`, replacing
+    /// that part of the existing file (or appending it).
+    #[arg(long)]
+    results_region: bool,
     /// `target/criterion`: include the micro-benchmark medians.
     #[arg(long)]
     criterion_dir: Option<PathBuf>,
@@ -168,6 +223,18 @@ fn run(args: Args) -> R<()> {
             &args.outage_identities,
         ])
         .copied()
+        .chain(
+            args.scenarios
+                .iter()
+                .any(|s| s == "throttle")
+                .then_some(args.throttle_identities),
+        )
+        .chain(
+            args.scenarios
+                .iter()
+                .any(|s| s == "outage-new-pods")
+                .then_some((args.new_pods_per_sec * args.new_pods_outage as f64) as usize),
+        )
         .max()
         .unwrap_or(1);
     let started = Instant::now();
@@ -216,19 +283,29 @@ fn run(args: Args) -> R<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(scenarios(&ctx, &args))?;
+    let mut report = runtime.block_on(scenarios(&ctx, &args))?;
     drop(emulator);
+    if let Some(path) = &args.fleet_report {
+        report.fleet = Some(std::fs::read_to_string(path)?);
+    }
 
     let info = RunInfo {
         date: args.date.clone(),
         commit: args.commit.clone(),
         quick: args.quick,
+        protect_only: args.results_region,
         duration: args.duration,
         criterion_dir: args.criterion_dir.clone(),
     };
     let text = report::render(&ctx, &info, &report);
     println!("{text}");
     if let Some(path) = &args.results {
+        let text = if args.results_region {
+            let existing = std::fs::read_to_string(path).unwrap_or_default();
+            report::protect::merge(&existing, &report::render_protect(&ctx, &info, &report))
+        } else {
+            text
+        };
         std::fs::write(path, &text)?;
         log(format!("wrote {}", path.display()));
     }
@@ -277,6 +354,40 @@ async fn scenarios(ctx: &Ctx, args: &Args) -> R<Report> {
             end: args.outage_end,
         };
         report.outage = Some(outage::run(ctx, params).await?);
+    }
+    let app_pause = Duration::from_millis(args.app_pause_ms);
+    if want("throttle") {
+        let first = args.throttle_max_attempts.first().copied();
+        let runs = first
+            .into_iter()
+            .cycle()
+            .take(args.throttle_repeats.max(1))
+            .chain(args.throttle_max_attempts.iter().skip(1).copied());
+        for attempts in runs {
+            let params = throttle::Params {
+                identities: args.throttle_identities,
+                arrival_secs: args.throttle_arrival,
+                rate: args.throttle_rate,
+                app_pause,
+                deadline: Duration::from_secs(args.throttle_deadline),
+                max_attempts: (attempts > 0).then_some(attempts),
+            };
+            report.throttle.push(throttle::run(ctx, params).await?);
+        }
+    }
+    if want("outage-new-pods") {
+        for &limit in &args.new_pods_rate_limits {
+            let params = outage_new_pods::Params {
+                pods_per_sec: args.new_pods_per_sec,
+                outage_secs: args.new_pods_outage,
+                after_secs: args.new_pods_after,
+                app_pause,
+                rate_limit: (limit > 0.0).then_some(limit),
+            };
+            report
+                .outage_new_pods
+                .push(outage_new_pods::run(ctx, params).await?);
+        }
     }
     Ok(report)
 }

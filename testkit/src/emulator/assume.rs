@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::seconds::Ended;
 use super::{ACCOUNT_ID, ApiError, Emulator, RawResponse, api_error, error_for_code, tokens};
 use crate::issuer::uuid;
 
@@ -27,6 +28,21 @@ impl Emulator {
         body: &[u8],
         cluster: &str,
     ) -> Answer {
+        let second = self.clock.now_ms() / 1000;
+        self.per_second.started(second);
+        let answer = self.answer(parts, body, cluster).await;
+        self.per_second.ended(
+            second,
+            match &answer {
+                Answer::Ok(_) => Ended::Success,
+                Answer::Err(e) if e.code == "ThrottlingException" => Ended::Throttled,
+                _ => Ended::Error,
+            },
+        );
+        answer
+    }
+
+    async fn answer(&self, parts: &http::request::Parts, body: &[u8], cluster: &str) -> Answer {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.started.send_modify(|n| *n += 1);
         let faults = self.faults();

@@ -16,17 +16,20 @@
 //! - `GET /.well-known/openid-configuration`, `GET /openid/v1/jwks` (bearer
 //!   token required if set with [`Emulator::require_bearer`]).
 //! - Control plane for tests and benchmarks (loopback only, no auth):
-//!   `GET /_emulator/stats`, `POST /_emulator/faults` (JSON [`Faults`]),
+//!   `GET /_emulator/stats`, `GET /_emulator/calls-per-second`
+//!   ([`SecondCount`]s), `POST /_emulator/faults` (JSON [`Faults`]),
 //!   `POST /_emulator/mint` (JSON [`MintRequest`] → token).
 //!
 //! Tests await [`Emulator::calls_started`] instead of sleeping.
 
 mod assume;
 mod routes;
+mod seconds;
 mod sigv4;
 mod tokens;
 
 pub use routes::{RunningEmulator, StandaloneError, run_standalone};
+pub use seconds::SecondCount;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +166,7 @@ pub struct Emulator {
     started: tokio::sync::watch::Sender<u64>,
     successes: AtomicU64,
     throttled: AtomicU64,
+    per_second: seconds::PerSecond,
     /// (tokens, last refill ms) of the `throttle_above_per_s` bucket.
     throttle_bucket: Mutex<(f64, u64)>,
     key_requests: AtomicU64,
@@ -221,6 +225,7 @@ impl Emulator {
             started: tokio::sync::watch::Sender::new(0),
             successes: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            per_second: seconds::PerSecond::default(),
             throttle_bucket: Mutex::new((f64::NAN, 0)),
             key_requests: AtomicU64::new(0),
             access_key_ids: Mutex::new(Vec::new()),
@@ -298,6 +303,11 @@ impl Emulator {
             key_requests: self.key_requests.load(Ordering::SeqCst),
             access_key_ids: self.access_key_ids.lock().expect("emulator lock").clone(),
         }
+    }
+
+    /// Calls per second over the last hour, oldest first.
+    pub fn calls_per_second(&self) -> Vec<SecondCount> {
+        self.per_second.snapshot()
     }
 
     fn now_secs(&self) -> i64 {

@@ -128,6 +128,9 @@ impl Emulator {
                 r
             }
             (&Method::GET, ["_emulator", "stats"]) => json_body(StatusCode::OK, &self.stats()),
+            (&Method::GET, ["_emulator", "calls-per-second"]) => {
+                json_body(StatusCode::OK, &self.calls_per_second())
+            }
             (&Method::POST, ["_emulator", "faults"]) => match read_json::<Faults>(req).await {
                 Ok(f) => {
                     self.set_faults(f.clone());
