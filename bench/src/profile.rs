@@ -6,8 +6,10 @@
 //! from its first request), and [`Profile::finish`] stops it
 //! and writes `<dir>/<name>.folded` (stacks folded by inferno, one line per
 //! distinct stack with its sample count) and `<dir>/<name>.svg` (the flame
-//! graph). Without the variable nothing runs: profiling costs the agent CPU,
-//! so the reported numbers never come from a profiled run.
+//! graph). Without the variable nothing runs. Profiling costs the agent CPU:
+//! the hit scenario profiles an extra run after its measured ones, but a
+//! storm round is one-shot and is profiled while measured, so judged numbers
+//! come from a pass without `BENCH_PERF`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

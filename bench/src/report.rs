@@ -5,6 +5,7 @@
 //! EKS Auth protection part (`protect`), which `bench/run --protect` can
 //! replace on its own.
 
+mod goals;
 pub mod protect;
 mod sections;
 
@@ -34,6 +35,8 @@ pub struct Report {
     pub outage_new_pods: Vec<OutageNewPods>,
     /// The fleet simulation's Markdown (`fleet --markdown`).
     pub fleet: Option<String>,
+    /// Runs 2 and later of the judged configurations (`--runs`).
+    pub repeats: Vec<Report>,
 }
 
 impl Report {
@@ -70,6 +73,10 @@ const CRITERION: &[(&str, &str)] = &[
     (
         "admission/unverified_cold",
         "Token admission without keys: SHA-256, JWT parse, claim checks (memo miss)",
+    ),
+    (
+        "admission/rsa2048_verify_bare",
+        "Bare RSA-2048 PKCS#1 v1.5 SHA-256 verify, same library (the floor of a verified admission)",
     ),
     (
         "token_hash/sha256",
@@ -253,6 +260,10 @@ fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
         }
     }
 
+    let runs: Vec<&Report> = std::iter::once(r).chain(&r.repeats).collect();
+    let goals = goals::collect(&runs, run.criterion_dir.as_deref());
+    goals::render(&mut line, &goals, runs.len());
+
     if !targets.is_empty() {
         line("## Targets");
         line("");
@@ -264,4 +275,37 @@ fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
         line("");
     }
     o
+}
+
+pub const HANDOVER_BEGIN: &str = "<!-- handover:begin -->";
+pub const HANDOVER_END: &str = "<!-- handover:end -->";
+
+/// `text` followed by the hand-over section of `existing`, if it has one.
+pub fn keep_handover(existing: &str, mut text: String) -> String {
+    if let Some(begin) = existing.find(HANDOVER_BEGIN)
+        && let Some(end) = existing[begin..].find(HANDOVER_END)
+    {
+        if !text.ends_with("\n\n") {
+            text.push('\n');
+        }
+        text.push_str(&existing[begin..begin + end + HANDOVER_END.len()]);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_pass_keeps_the_handover_section() {
+        let existing = "# old\n\n<!-- handover:begin -->\nH\n<!-- handover:end -->\ntrailing\n";
+        let kept = keep_handover(existing, "# new\n".into());
+        assert_eq!(
+            kept,
+            "# new\n\n<!-- handover:begin -->\nH\n<!-- handover:end -->\n"
+        );
+        assert_eq!(keep_handover("# old\n", "# new\n".into()), "# new\n");
+    }
 }

@@ -27,6 +27,7 @@ use clap::Parser;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pod_identity_bench::procs::Child;
+use pod_identity_bench::report::{HANDOVER_BEGIN as BEGIN, HANDOVER_END as END};
 use pod_identity_bench::stats::{fmt_dur, percentile, thousands};
 use pod_identity_bench::tokens;
 use testkit::issuer::Issuer;
@@ -36,8 +37,6 @@ type R<T> = Result<T, Box<dyn std::error::Error>>;
 
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 const CACHED_IDENTITIES: usize = 16;
-const BEGIN: &str = "<!-- handover:begin -->";
-const END: &str = "<!-- handover:end -->";
 
 #[derive(Debug, Parser)]
 #[command(about = "Request failures and latency during an agent hand-over under load")]
