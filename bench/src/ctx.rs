@@ -204,6 +204,9 @@ impl Ctx {
         .env("AWS_ACCESS_KEY_ID", "AKIDBENCHFAKE0000001")
         .env("AWS_SECRET_ACCESS_KEY", "bench-fake-secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // A node's agent has no CA bundle unless configured; a bundle in the
+        // benchmark's own environment would load into every agent's memory.
+        .env_remove("AWS_CA_BUNDLE")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_ENDPOINT_URL_EKS_AUTH");

@@ -71,11 +71,7 @@ fn fmt_mib(kib: f64) -> String {
 }
 
 fn fmt_calls(extra: f64) -> String {
-    if extra == 0.0 {
-        "one per identity".into()
-    } else {
-        format!("{extra:+} calls")
-    }
+    format!("{extra:.0}")
 }
 
 /// The goals, with a value from every run in `runs` that measured them.
