@@ -157,7 +157,19 @@ pub struct EmuStats {
 
 impl Ctx {
     /// A fresh agent with the benchmark's flags plus `extra`, once ready.
+    /// Its EKS Auth call cap is off: the cache is measured, not the cap
+    /// (warming 10,000 identities at the default 20/s would take eight
+    /// minutes).
     pub async fn agent(&self, name: &str, extra: &[&str]) -> R<Agent> {
+        let mut flags = vec!["--eks-auth-rate-limit", "0"];
+        flags.extend_from_slice(extra);
+        self.agent_with_gate(name, &flags).await
+    }
+
+    /// A fresh agent with the benchmark's flags plus `extra`, keeping the
+    /// agent's own default EKS Auth protection (call cap, queue) unless
+    /// `extra` sets it: the protection scenarios measure it.
+    pub async fn agent_with_gate(&self, name: &str, extra: &[&str]) -> R<Agent> {
         let n = self.agents.fetch_add(1, Ordering::Relaxed);
         let ports = free_ports(3)?;
         let mut cmd = Placement::command(self.placement.server_cpus.as_deref(), &self.agent_bin);
@@ -189,11 +201,6 @@ impl Ctx {
             "--rate-limit",
             "0",
             "--per-client-rate-limit",
-            "0",
-            // The cache is measured here, not the EKS Auth call cap (warming
-            // 10,000 identities at its 20/s would take eight minutes); a
-            // scenario about the cap passes its own value after these.
-            "--eks-auth-rate-limit",
             "0",
             "--max-cache-size",
             "50000",

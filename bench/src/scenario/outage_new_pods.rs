@@ -80,7 +80,7 @@ pub async fn run(ctx: &Ctx, params: Params) -> R<OutageNewPods> {
         (Some(l), Some(b)) => vec!["--eks-auth-rate-limit", l, "--eks-auth-rate-burst", b],
         _ => Vec::new(),
     };
-    let agent = ctx.agent("outage-new-pods", &extra).await?;
+    let agent = ctx.agent_with_gate("outage-new-pods", &extra).await?;
     let outcome: R<_> = async {
         let m0 = scrape(agent.metrics).await?;
         let s0 = ctx.emu_stats().await?;

@@ -115,7 +115,7 @@ pub async fn run(ctx: &Ctx, params: Params) -> R<Throttle> {
         .iter()
         .flat_map(|a| ["--eks-auth-max-attempts", a.as_str()])
         .collect();
-    let agent = ctx.agent("throttle", &extra).await?;
+    let agent = ctx.agent_with_gate("throttle", &extra).await?;
     ctx.emu_faults(&format!("{{\"throttle_above_per_s\":{}}}", params.rate))
         .await?;
     let outcome: R<_> = async {
