@@ -201,3 +201,20 @@ async fn throttling_lowers_the_nodes_call_rate() {
     let rate = agent.metrics.eksauth_allowed_rate.get();
     assert!((10.0..20.0).contains(&rate), "{rate}");
 }
+
+/// With the SDK's default attempts (3), a transient failure is retried
+/// inside the call, a throttling answer never: that retry would go out past
+/// the node-wide gate into the same empty EKS Auth bucket.
+#[tokio::test]
+async fn the_sdk_retries_transient_failures_but_never_throttling() {
+    let w = World::start().await;
+    let agent = w.agent(&OPEN[..4]).await;
+    fail_with(&w, "ThrottlingException");
+    let r = agent.creds(&w.token("default", "app", "throttled")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(w.emulator.calls(), 1, "throttling: one attempt");
+    fail_with(&w, "InternalServerException");
+    let r = agent.creds(&w.token("default", "app", "failing")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(w.emulator.calls(), 1 + 3, "transient: the SDK's 3 attempts");
+}

@@ -12,7 +12,8 @@
 //! (ServiceUnavailable); how they reach the pod is in [`error`].
 //!
 //! Client: aws-config default chain (env, profile, IMDS), timeouts connect
-//! 500 ms / attempt 1 s (upstream's), SDK standard retries, proxy from
+//! 500 ms / attempt 1 s (upstream's), SDK standard retries except for
+//! throttling (see [`retry`]), proxy from
 //! `HTTP(S)_PROXY`/`NO_PROXY` (behavior version ≥ 2025-08-07), endpoint from
 //! `--endpoint` or `AWS_ENDPOINT_URL_EKS_AUTH`.
 
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 mod answer;
 mod error;
 mod gate;
+mod retry;
 
 use error::classify;
 pub use error::{EksAuthError, Fault, Modeled};
@@ -117,8 +119,11 @@ impl EksAuth {
             loader = loader.http_client(client);
         }
         let sdk = loader.load().await;
+        let conf = aws_sdk_eksauth::config::Builder::from(&sdk)
+            .retry_classifier(retry::NoThrottleRetry)
+            .build();
         Self {
-            client: aws_sdk_eksauth::Client::new(&sdk),
+            client: aws_sdk_eksauth::Client::from_conf(conf),
             cluster_name: config.cluster_name.into(),
             metrics,
         }

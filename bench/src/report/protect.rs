@@ -11,6 +11,18 @@ use crate::sdk::SeenCounts;
 use crate::stats::{fmt_dur, thousands};
 
 pub const BEGIN: &str = "<!-- protect:begin -->";
+
+/// The agent's default EKS Auth gate (rate, burst), read from its own
+/// command-line parser so the report never repeats a stale copy.
+fn default_gate() -> (f64, u32) {
+    use clap::Parser;
+    use pod_identity_agent::cli::{Cli, Command};
+    let argv = ["eks-pod-identity-agent", "server", "--cluster-name", "x"];
+    match Cli::try_parse_from(argv).map(|c| c.command) {
+        Ok(Command::Server(s)) => (s.eks_auth_rate_limit, s.eks_auth_rate_burst),
+        _ => unreachable!("`server --cluster-name x` parses"),
+    }
+}
 pub const END: &str = "<!-- protect:end -->";
 
 /// `existing` with its protect part replaced by `region` (which carries the
@@ -77,7 +89,9 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
     line("## 6. Throttling EKS Auth, new identities");
     line("");
     line(&format!(
-        "A fresh agent with default protection (`--eks-auth-rate-limit 20`, burst 40); the emulator answers `ThrottlingException` (429) above **R = {} calls/s** (token bucket, burst R); {} new identities arrive evenly over {} s. {CLIENT} {} ms later, until served (deadline {} s). \"EKS Auth calls\" are the attempts the emulator saw, including the agent's own SDK retries; \"served\" is an identity's first 200; \"all served after\" runs from the first arrival to the last identity's first 200. The agent's default SDK attempts run several times (their calls per identity vary from run to run; the median is judged); further rows are what-ifs with other `--eks-auth-max-attempts`.",
+        "A fresh agent with default protection (`--eks-auth-rate-limit {}`, burst {}); the emulator answers `ThrottlingException` (429) above **R = {} calls/s** (token bucket, burst R); {} new identities arrive evenly over {} s. {CLIENT} {} ms later, until served (deadline {} s). \"EKS Auth calls\" are the attempts the emulator saw, including the agent's own SDK retries; \"served\" is an identity's first 200; \"all served after\" runs from the first arrival to the last identity's first 200. The agent's default SDK attempts run several times (their calls per identity vary from run to run; the median is judged); further rows are what-ifs with other `--eks-auth-max-attempts`.",
+        default_gate().0,
+        default_gate().1,
         p.rate,
         thousands(p.identities as u64),
         p.arrival_secs,
@@ -212,7 +226,10 @@ fn floor(p: &crate::scenario::throttle::Params) -> f64 {
 
 fn gate(o: &OutageNewPods) -> String {
     match o.params.rate_limit {
-        None => "default (20/s, burst 40)".into(),
+        None => {
+            let (rate, burst) = default_gate();
+            format!("default ({rate}/s, burst {burst})")
+        }
         Some(r) => format!("`--eks-auth-rate-limit {r}` (burst {})", r.ceil()),
     }
 }
@@ -330,7 +347,13 @@ pub(super) fn outage_new_pods(
         met(o.within_10s == o.needed),
     ));
     // The gate's cap plus its burst bounds any one second.
-    let cap = p.rate_limit.map_or(60, |r| 2 * r.ceil() as u64);
+    let cap = p.rate_limit.map_or_else(
+        || {
+            let (rate, burst) = default_gate();
+            rate.ceil() as u64 + u64::from(burst)
+        },
+        |r| 2 * r.ceil() as u64,
+    );
     targets.push((
         "Outage: no synchronized burst at recovery".into(),
         format!("busiest second ≤ {cap} (gate cap + burst)"),
