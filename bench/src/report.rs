@@ -263,6 +263,12 @@ fn render_main(ctx: &Ctx, run: &RunInfo, r: &Report) -> String {
     let runs: Vec<&Report> = std::iter::once(r).chain(&r.repeats).collect();
     let goals = goals::collect(&runs, run.criterion_dir.as_deref());
     goals::render(&mut line, &goals, runs.len());
+    if !goals.is_empty() {
+        line(
+            "CPU profiles (flame graphs) of the hit path before and after, and of the miss storm, with how they were made: [`flamegraphs/`](flamegraphs/README.md).",
+        );
+        line("");
+    }
 
     if !targets.is_empty() {
         line("## Targets");

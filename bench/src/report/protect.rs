@@ -168,11 +168,22 @@ pub(super) fn throttle(line: &mut impl FnMut(&str), runs: &[Throttle], targets: 
     {
         let t = median;
         let retries = t.calls.saturating_sub(t.agent.calls);
+        let sdk = if retries > 0 {
+            format!(
+                "{} of the {} calls ({:.2} per identity) were the agent's own SDK retries, which go out past the node-wide gate",
+                thousands(retries),
+                thousands(t.calls),
+                retries as f64 / p.identities.max(1) as f64,
+            )
+        } else {
+            format!(
+                "all {} calls ({:.3} per identity) were the agent's own, each through the node-wide gate: the SDK retries transient failures but never a throttled attempt (that retry would go out 0–1 s later past the gate, into the same empty bucket)",
+                thousands(t.calls),
+                t.calls_per_identity(),
+            )
+        };
         line(&format!(
-            "What the numbers show: with the default SDK attempts (median run), {} of the {} calls ({:.2} per identity) were the agent's own SDK retries: a throttled attempt is retried 0–1 s later, outside the node-wide gate, into the same empty bucket. With `--eks-auth-max-attempts 1` the gate alone paced the calls: {} calls ({:.3} per identity), {} throttled, every identity served after {} (floor: (N − R) / R = {:.0} s, the emulator's bucket starting full). Clients mostly saw timeouts, not 429s: a miss waits in the gate's queue longer than botocore's 2 s.",
-            thousands(retries),
-            thousands(t.calls),
-            retries as f64 / p.identities.max(1) as f64,
+            "What the numbers show: with the default SDK attempts (median run), {sdk}. With `--eks-auth-max-attempts 1` (no SDK retries at all): {} calls ({:.3} per identity), {} throttled, every identity served after {} (floor: (N − R) / R = {:.0} s, the emulator's bucket starting full). Clients mostly saw timeouts, not 429s: a miss waits in the gate's queue longer than botocore's 2 s.",
             thousands(one.calls),
             one.calls_per_identity(),
             thousands(one.throttled),
@@ -310,10 +321,10 @@ pub(super) fn outage_new_pods(
     if let Some(high) = runs.get(1) {
         line(&format!(
             "What the numbers show: calls during the outage stayed low because of the gate, which lets at most {} calls/s through (plus the agent's SDK retries while its retry quota lasts) however many identities wait; the per-identity backoff alone allows one call per window (about 1, 2, 4, 8, 16 s, then every 15–30 s), which is what the second row shows: {:.2} calls per identity. The same gate makes recovery take identities / cap = {} s; with the cap at {} calls/s, {} of {} identities were served within 10 s and the last after {}: the rest of the wait is the backoff window each identity still had open at recovery (up to 30 s), during which it is answered the replayed 503.",
-            p.rate_limit.map_or(20.0, |r| r),
+            p.rate_limit.unwrap_or(default_gate().0),
             high.calls_per_needed(),
-            (o.needed as f64 / p.rate_limit.unwrap_or(20.0)).round(),
-            high.params.rate_limit.unwrap_or(20.0),
+            (o.needed as f64 / p.rate_limit.unwrap_or(default_gate().0)).round(),
+            high.params.rate_limit.unwrap_or(default_gate().0),
             thousands(high.within_10s as u64),
             thousands(high.needed as u64),
             fmt_dur(high.after_max)
