@@ -32,6 +32,14 @@ async fn plain_agent(w: &World, clock: Option<Arc<ManualClock>>, extra: &[&str])
     w.agent_with(args, clock.map(|c| c as _)).await
 }
 
+fn expiration_secs(r: &Resp) -> i64 {
+    let doc: serde_json::Value = serde_json::from_str(&r.body).expect("a credential document");
+    let at = doc["Expiration"].as_str().expect("Expiration");
+    aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
+        .expect("RFC 3339")
+        .secs()
+}
+
 fn akid(r: &Resp) -> String {
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["AccessKeyId"].as_str().unwrap().to_owned()
@@ -182,9 +190,14 @@ async fn credentials_with_15_seconds_left_are_not_served_from_cache() {
     );
 }
 
+/// A credential fetched for a request counts as read once, so it is renewed
+/// ahead once; after that only credentials read since their last fetch are.
+/// A pod that is gone costs at most that one renewal.
 #[tokio::test]
 async fn refresh_ahead_only_for_pods_that_keep_asking() {
     let (w, clock) = World::with_manual_clock().await;
+    w.emulator
+        .set_credential_lifetime(Duration::from_secs(6 * 3600));
     let agent = plain_agent(&w, None, &[]).await;
     let active = w.token("default", "app", "active");
     let gone = w.token("default", "app", "gone");
@@ -193,41 +206,84 @@ async fn refresh_ahead_only_for_pods_that_keep_asking() {
     assert_eq!(w.emulator.calls(), 2);
 
     clock.advance(Duration::from_secs(3600));
-    assert_eq!(
-        akid(&agent.creds(&active).await),
-        active_first,
-        "a hit marks the entry read"
-    );
     agent.cache.maintain().await;
     assert_eq!(w.emulator.calls(), 2, "nothing is due after 1 h");
 
-    // Refresh-ahead lands at 75–85 % of the 3 h span.
+    // Refresh-ahead lands at 75–85 % of the 3 h span: both were read once
+    // (by the request they were fetched for).
     clock.advance(Duration::from_secs(3600 + 35 * 60));
     agent.cache.maintain().await;
     assert_eq!(
         w.emulator.calls(),
-        3,
-        "one refresh: the pod that kept asking"
+        4,
+        "each fetched-for-a-request credential, once"
     );
     let refreshed = akid(&agent.creds(&active).await);
     assert_ne!(
         refreshed, active_first,
         "the refreshed credential is served"
     );
-    assert_eq!(w.emulator.calls(), 3, "... from the cache");
+    assert_eq!(w.emulator.calls(), 4, "... from the cache");
 
-    clock.advance(Duration::from_secs(30 * 60));
+    // The next round: only the pod that read its refreshed credential.
+    clock.advance(Duration::from_secs(2 * 3600 + 35 * 60));
+    agent.cache.maintain().await;
     assert_eq!(
-        akid(&agent.creds(&active).await),
-        refreshed,
-        "no miss at the 3 h mark"
+        w.emulator.calls(),
+        5,
+        "one refresh: the pod that kept asking"
     );
+    let again = akid(&agent.creds(&active).await);
+    assert_ne!(again, refreshed);
+    assert_eq!(w.emulator.calls(), 5, "no miss for the active pod");
+
+    clock.advance(Duration::from_secs(3 * 3600));
+    agent.cache.maintain().await;
+    assert_eq!(
+        w.emulator.calls(),
+        6,
+        "the active pod's last read keeps it renewed"
+    );
+    clock.advance(Duration::from_secs(3 * 3600));
+    agent.cache.maintain().await;
+    assert_eq!(w.emulator.calls(), 6, "nobody read since: nothing renewed");
     assert_ne!(
         akid(&agent.creds(&gone).await),
         gone_first,
-        "the idle pod was not refreshed and renews on demand"
+        "the gone pod's credential was not renewed again and renews on demand"
     );
-    assert_eq!(w.emulator.calls(), 4);
+    assert_eq!(w.emulator.calls(), 7);
+}
+
+/// botocore asks once per credential, 15 min before it expires (past the
+/// 3 h retention). The credential fetched for its first request was renewed
+/// ahead, so when EKS Auth is down at its second ask it gets one with hours
+/// left, not its own about to run out.
+#[tokio::test]
+async fn a_pod_asking_once_per_credential_rides_out_an_outage() {
+    let (w, clock) = World::with_manual_clock().await;
+    w.emulator
+        .set_credential_lifetime(Duration::from_secs(6 * 3600));
+    let agent = plain_agent(&w, None, &["--eks-auth-max-attempts", "1"]).await;
+    let t = w.token("default", "app", "p");
+    let first = agent.creds(&t).await;
+    assert_eq!(first.status, 200);
+    clock.advance(Duration::from_secs(2 * 3600 + 35 * 60));
+    agent.cache.maintain().await;
+    assert_eq!(w.emulator.calls(), 2, "renewed ahead once");
+
+    clock.advance(Duration::from_secs(3 * 3600 + 10 * 60));
+    w.emulator.set_faults(Faults {
+        force_error: Some("ServiceUnavailableException".into()),
+        ..Default::default()
+    });
+    let second = agent.creds(&t).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let (expiration, held) = (expiration_secs(&second), expiration_secs(&first));
+    assert!(
+        expiration >= held + 2 * 3600,
+        "a credential with hours more than the one the pod holds"
+    );
 }
 
 #[tokio::test]

@@ -16,8 +16,9 @@ pub(super) struct Entry {
     /// Served until then; moved forward only while EKS Auth fails recoverably.
     pub(super) renew_at_ms: AtomicU64,
     pub(super) refresh_at_ms: AtomicU64,
-    /// Read by a request since it was (re)fetched: only such entries are
-    /// refreshed ahead, so pods that stopped asking age out (upstream #171).
+    /// Read by a request since it was (re)fetched, or fetched for one: only
+    /// such entries are refreshed ahead, so pods that stopped asking age out
+    /// after at most one renewal (upstream #171).
     pub(super) read: AtomicBool,
     pub(super) failures: AtomicU32,
     /// First bytes of `token.hash`, checked without the lock on every hit.

@@ -72,7 +72,15 @@ impl Inner {
                         refresh_at_ms: AtomicU64::new(
                             now + (span_ms as f64 * (0.75 + 0.1 * rand::random::<f64>())) as u64,
                         ),
-                        read: AtomicBool::new(false),
+                        // A credential fetched for a request was read once
+                        // (that request got it): it is renewed ahead once even
+                        // if its pod asks only once per credential, as
+                        // botocore does (15 min before expiry, past the
+                        // retention), so a pod holding it is never left with
+                        // a credential about to run out when EKS Auth is down
+                        // at that moment. A refreshed one must be read again;
+                        // a pod that is gone costs at most this one renewal.
+                        read: AtomicBool::new(class == Class::Miss),
                         failures: AtomicU32::new(0),
                         token_tag: AtomicU64::new(tag(&token.hash)),
                         token: Mutex::new(token),

@@ -1,7 +1,9 @@
 //! Maintenance: credentials past use leave, and credentials of pods that
 //! keep asking are renewed ahead of their renewal time (refresh-ahead), so
-//! such pods never wait for EKS Auth. Pods that stopped asking are not
-//! renewed (upstream renews every entry, dead pods included: its #171).
+//! such pods never wait for EKS Auth. The request a credential was fetched
+//! for counts as a read, so each is renewed ahead at least once; after that,
+//! pods that stopped asking are not renewed (upstream renews every entry,
+//! dead pods included: its #171).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +26,8 @@ pub struct Maintenance {
 
 impl CredentialCache {
     /// One maintenance pass: drop credentials past use, then refresh the
-    /// entries due for it that were read since their last fetch, paced at
+    /// entries due for it that were read since their last fetch (or were
+    /// fetched for a request), paced at
     /// `--max-service-qps` with jitter (and through the node-wide call gate).
     /// The background task calls this periodically; tests call it directly
     /// after moving the clock.

@@ -160,7 +160,7 @@ fn analysis(line: &mut impl FnMut(&str), c: &Config, ours: &PolicyResult, up: &P
     line("What the numbers show:");
     line("");
     line(&format!(
-        "- **Calls.** This agent made {:.1}× fewer EKS Auth calls over the day ({} against {}): it renews only credentials that were read since their fetch, while upstream renews every entry each {} until its credential or its token expires, dead pods' included.",
+        "- **Calls.** This agent made {:.1}× fewer EKS Auth calls over the day ({} against {}): it renews a credential ahead once after the request it was fetched for and then only while it is read, while upstream renews every entry each {} until its credential or its token expires, dead pods' included.",
         calls(up) as f64 / calls(ours).max(1) as f64,
         thousands(calls(ours)),
         thousands(calls(up)),
@@ -189,10 +189,16 @@ fn analysis(line: &mut impl FnMut(&str), c: &Config, ours: &PolicyResult, up: &P
             wait_pct(up, 0.5),
             wait_pct(up, 1.0)
         ));
+        let (ran_out, up_ran_out) = (ours.stats.pods_expired, up.stats.pods_expired);
         line(&format!(
-            "- **Credentials that ran out.** {} pods' held credentials expired before a refresh succeeded here, {} with upstream. SDKs ask about once per credential, 5–15 min before it expires; a pod whose only client asked once never had its entry refreshed ahead (refresh-ahead needs a second read), so when that ask falls in the outage, stale-on-error hands back the same credential, which then runs out. Upstream renews every entry at 3 h, so what a pod receives has about 3 h left.",
-            thousands(ours.stats.pods_expired),
-            thousands(up.stats.pods_expired)
+            "- **Credentials that ran out.** {} pods' held credentials expired before a refresh succeeded here, {} with upstream. {}",
+            thousands(ran_out),
+            thousands(up_ran_out),
+            if ran_out == 0 {
+                "SDKs ask about once per credential, 5–15 min before it expires (past the retention); the credential fetched for a pod's request is renewed ahead once, so at that ask during the outage the cache still holds one with hours left, as upstream's every-3-h renewal gives."
+            } else {
+                "SDKs ask about once per credential, 5–15 min before it expires; when that ask falls in the outage and the cache holds nothing fresher, stale-on-error hands back the same credential, which then runs out."
+            }
         ));
     }
     line("");
