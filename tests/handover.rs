@@ -26,11 +26,12 @@ use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use common::netns::{Netns, Proc, TempDir, check, wait_for};
 use common::{World, bin, free_port, get, is_root, skip, testkit_bin};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -54,128 +55,33 @@ const PHASE_REQUESTS: u64 = 50;
 /// Deadlines only detect a failure; nothing waits for them to pass.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn check(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({:?}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pia-ho-{role}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        check(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        check(Command::new("ip").arg("-n").arg(&self.0).args(args))
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ip(&[&["-j"], args].concat());
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.trim().is_empty() {
-            return json!([]);
-        }
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {args:?}: {e}: {text}"))
-    }
-
-    /// A command run inside the namespace (`ip netns exec` execs it: the
-    /// child's pid is the program's).
-    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
-        c
-    }
-
-    /// What init owns, as the kernel reports it: the link's index and
-    /// flags, its addresses, the main-table routes through it.
-    fn snapshot(&self) -> Value {
-        let link = &self.json(&["-d", "link", "show", "dev", LINK])[0];
-        let on_link = |routes: Value| -> Vec<Value> {
-            routes
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r["dev"] == LINK)
-                .collect()
-        };
-        json!({
+/// What init owns, as the kernel reports it: the link's index and
+/// flags, its addresses, the main-table routes through it.
+fn snapshot(ns: &Netns) -> Value {
+    let link = &ns.json(&["-d", "link", "show", "dev", LINK])[0];
+    let on_link = |routes: Value| -> Vec<Value> {
+        routes
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["dev"] == LINK)
+            .collect()
+    };
+    json!({
             "ifindex": link["ifindex"],
             "flags": link["flags"],
             "kind": link["linkinfo"]["info_kind"],
-            "addresses": self.json(&["addr", "show", "dev", LINK])[0]["addr_info"],
-            "routes4": on_link(self.json(&["-4", "route", "show"])),
-            "routes6": on_link(self.json(&["-6", "route", "show"])),
-        })
-    }
+            "addresses": ns.json(&["addr", "show", "dev", LINK])[0]["addr_info"],
+            "routes4": on_link(ns.json(&["-4", "route", "show"])),
+            "routes6": on_link(ns.json(&["-6", "route", "show"])),
+    })
 }
 
 /// Moves the calling thread into namespace `name` (setns(2) is per thread).
 fn enter(name: &str) {
     let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "pia-ho-{}-{}",
-            std::process::id(),
-            testkit::issuer::uuid()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `ip monitor` on the node namespace, with markers: an address added to
@@ -332,7 +238,7 @@ impl Load {
 
     fn wait_for_more(&self, n: u64, what: &str) {
         let target = self.completed() + n;
-        wait_for(what, || self.completed() >= target);
+        wait_for(what, DEADLINE, || self.completed() >= target);
     }
 
     fn finish(mut self) -> Vec<Sample> {
@@ -426,15 +332,15 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
-        let ns = Netns::new("node");
-        let pod = Netns::new("pod");
+        let ns = Netns::new("pia-ho", "node");
+        let pod = Netns::new("pia-ho", "pod");
         let init = check(ns.cmd(bin()).args(["initialize", "--link-kind", "bridge"]));
         let log = String::from_utf8_lossy(&init.stderr);
         assert!(log.contains("tcp_migrate_req"), "{log}");
         // The kernel finishes duplicate address detection of the link's own
         // fe80:: address on its own time, which changes the link's state
         // (and shows in `ip monitor`): let it finish before comparing.
-        wait_for("DAD on the link's link-local address", || {
+        wait_for("DAD on the link's link-local address", DEADLINE, || {
             !ns.json(&["addr", "show", "dev", LINK])
                 .to_string()
                 .contains("tentative")
@@ -448,7 +354,7 @@ impl Node {
         pod.ip(&["link", "set", "vp0", "up"]);
         pod.ip(&["route", "add", "default", "via", "10.232.0.1"]);
 
-        let dir = TempDir::new();
+        let dir = TempDir::new("pia-ho");
         let ready = dir.0.join("emulator.url");
         let emulator = Proc(
             ns.cmd(testkit_bin())
@@ -467,7 +373,7 @@ impl Node {
                 .spawn()
                 .unwrap(),
         );
-        wait_for("the emulator", || ready.exists());
+        wait_for("the emulator", DEADLINE, || ready.exists());
         let url = std::fs::read_to_string(&ready)
             .unwrap()
             .lines()
@@ -536,7 +442,7 @@ impl Node {
         };
         // `ip netns exec` execs the agent, so signals reach it (comm is
         // truncated to 15 bytes).
-        wait_for("ip netns exec to exec the agent", || {
+        wait_for("ip netns exec to exec the agent", DEADLINE, || {
             let comm =
                 std::fs::read_to_string(format!("/proc/{}/comm", agent.pid())).unwrap_or_default();
             comm.starts_with("eks-pod-identit")
@@ -548,7 +454,7 @@ impl Node {
     /// must see no change at all (no flap of the link, its addresses or
     /// routes, so 169.254.170.23 is never absent).
     fn init_again_changes_nothing(&self) {
-        let before = self.ns.snapshot();
+        let before = snapshot(&self.ns);
         let monitor = Monitor::start(&self.ns);
         monitor.mark(&self.ns, "10.254.254.254");
         let out = check(
@@ -568,7 +474,7 @@ impl Node {
         );
         assert_eq!(
             before,
-            self.ns.snapshot(),
+            snapshot(&self.ns),
             "link, addresses or routes changed"
         );
         let log = String::from_utf8_lossy(&out.stderr);
@@ -596,7 +502,7 @@ impl Agent {
 
     fn wait_ready(&mut self) {
         let name = self.name.clone();
-        wait_for(&format!("{name} to be ready"), || {
+        wait_for(&format!("{name} to be ready"), DEADLINE, || {
             if let Some(status) = self.child.as_mut().unwrap().0.try_wait().unwrap() {
                 panic!("{name} exited ({status:?}):\n{}", self.log_text());
             }
@@ -614,7 +520,7 @@ impl Agent {
     fn freeze(&self) -> Instant {
         self.signal(Signal::SIGSTOP);
         let tasks = format!("/proc/{}/task", self.pid());
-        wait_for(&format!("{} to stop", self.name), || {
+        wait_for(&format!("{} to stop", self.name), DEADLINE, || {
             std::fs::read_dir(&tasks).unwrap().all(|t| {
                 let stat =
                     std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
@@ -769,7 +675,7 @@ fn queue_on_frozen(
     let frozen = a.freeze();
     // Half of them, by the kernel's hash, go to the frozen agent.
     let target = load.started() + 20;
-    wait_for("requests sent after the freeze", || {
+    wait_for("requests sent after the freeze", DEADLINE, || {
         load.started() >= target
     });
     stop(a);
@@ -863,7 +769,7 @@ fn sigkill_hand_over_loses_only_requests_in_flight() {
 #[tokio::test]
 async fn probe_sockets_tell_two_agents_apart_where_the_shared_port_cannot() {
     let w = World::start().await;
-    let dir = TempDir::new();
+    let dir = TempDir::new("pia-ho");
     let mut args = w.agent_args(&[]);
     args.port = free_port();
     args.probe_port = free_port();

@@ -30,11 +30,11 @@ mod common;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use clap::Parser;
+use common::netns::{Netns, check, wait_for};
 use common::{bin, is_root, skip, testkit_bin};
 use go_runner::flags::{self, Parsed};
 use pod_identity_agent::cli::{Cli, Command};
@@ -347,80 +347,23 @@ fn upstream_errors_stay_errors() {
 // ---------------------------------------------------------------------------
 // The chart's containers, executed.
 
-fn check(cmd: &mut std::process::Command) -> Output {
-    let out = cmd
+/// `curl -s -o /dev/null -w %{http_code} url` from the node.
+fn status(ns: &Netns, url: &str) -> String {
+    let out = ns
+        .cmd("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "15",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({:?}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// A node: a network namespace removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pia-chart-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        check(std::process::Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self(name);
-        check(std::process::Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
-        ns
-    }
-
-    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
-        c
-    }
-
-    /// `curl -s -o /dev/null -w %{http_code} url` from the node.
-    fn status(&self, url: &str) -> String {
-        let out = self
-            .cmd("curl")
-            .args([
-                "-s",
-                "--max-time",
-                "15",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                url,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The image's file system: `/go-runner`, `/eks-pod-identity-agent`,
@@ -618,11 +561,11 @@ fn credentials(ns: &Netns, token: &str) -> serde_json::Value {
 fn serve_and_drain(ns: &Netns, server: Running, token: &str) -> (String, String) {
     let mut server = server;
     wait_for("the liveness probe", Duration::from_secs(60), || {
-        ns.status("http://localhost:2703/healthz") == "200"
+        status(ns, "http://localhost:2703/healthz") == "200"
     });
-    assert_eq!(ns.status("http://localhost:2703/readyz"), "200");
+    assert_eq!(status(ns, "http://localhost:2703/readyz"), "200");
     // The metrics server always runs (upstream too), on 0.0.0.0:2705.
-    assert_eq!(ns.status("http://127.0.0.1:2705/metrics"), "200");
+    assert_eq!(status(ns, "http://127.0.0.1:2705/metrics"), "200");
     let creds = credentials(ns, token);
     assert!(
         creds["AccessKeyId"]
@@ -646,7 +589,7 @@ fn the_charts_containers_run_the_image_unchanged() {
         skip("needs root for network namespaces and chroot");
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("pia-chart", "node");
     let image = ImageRoot::new();
     let logs = image.path("/tmp");
 

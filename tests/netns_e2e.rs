@@ -7,103 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::netns::{Netns, Proc, TempDir, check, wait_for};
 use common::{bin, in_ci, is_root, skip, testkit_bin};
-
-fn check(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({:?}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pia-e2e-{role}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        check(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        check(Command::new("ip").arg("-n").arg(&self.0).args(args))
-    }
-
-    /// A command run inside the namespace.
-    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
-        c
-    }
-
-    fn sysctl(&self, kv: &str) {
-        check(self.cmd("sysctl").args(["-qw", kv]));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "pia-e2e-{}-{}",
-            std::process::id(),
-            testkit::issuer::uuid()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 struct Node {
     ns: Netns,
@@ -117,8 +25,8 @@ struct Node {
 /// Node namespace with init done, emulator running, and a pod namespace
 /// wired to it. `ipv6` false disables IPv6 in the node first.
 fn node(ipv6: bool) -> Node {
-    let ns = Netns::new("node");
-    let pod = Netns::new("pod");
+    let ns = Netns::new("pia-e2e", "node");
+    let pod = Netns::new("pia-e2e", "pod");
     if !ipv6 {
         ns.sysctl("net.ipv6.conf.all.disable_ipv6=1");
         ns.sysctl("net.ipv6.conf.default.disable_ipv6=1");
@@ -151,7 +59,7 @@ fn node(ipv6: bool) -> Node {
         pod.ip(&["-6", "route", "add", "default", "via", "fd01:231::1"]);
     }
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("pia-e2e");
     let key = dir.0.join("issuer.pem");
     let ready = dir.0.join("emulator.url");
     let emulator = Proc(

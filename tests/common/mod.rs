@@ -3,6 +3,8 @@
 //! test asks for (no implicit Host).
 #![allow(dead_code, unused_imports)]
 
+pub mod netns;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
