@@ -328,6 +328,20 @@ fn run(args: Args) -> R<()> {
     Ok(())
 }
 
+fn storm_params(args: &Args) -> storm::Params {
+    storm::Params {
+        requests: args.storm_requests,
+        identities: args.storm_identities,
+        latency_ms: args.storm_latency_ms,
+    }
+}
+
+fn memory_params(args: &Args) -> memory::Params {
+    memory::Params {
+        points: args.memory_points.clone(),
+    }
+}
+
 /// Runs 2 and later: only what the goals judge, so the spread is over the
 /// same configurations.
 async fn repeat(ctx: &Ctx, args: &Args) -> R<Report> {
@@ -342,18 +356,10 @@ async fn repeat(ctx: &Ctx, args: &Args) -> R<Report> {
         report.hit = hit::run(ctx, params).await?;
     }
     if want("storm") {
-        let params = storm::Params {
-            requests: args.storm_requests,
-            identities: args.storm_identities,
-            latency_ms: args.storm_latency_ms,
-        };
-        report.storm = storm::run(ctx, params).await?;
+        report.storm = storm::run(ctx, storm_params(args)).await?;
     }
     if want("memory") {
-        let params = memory::Params {
-            points: args.memory_points.clone(),
-        };
-        report.memory = Some(memory::run(ctx, params).await?);
+        report.memory = Some(memory::run(ctx, memory_params(args)).await?);
     }
     Ok(report)
 }
@@ -370,12 +376,7 @@ async fn scenarios(ctx: &Ctx, args: &Args) -> R<Report> {
         report.hit = hit::run(ctx, params).await?;
     }
     if want("storm") {
-        let params = storm::Params {
-            requests: args.storm_requests,
-            identities: args.storm_identities,
-            latency_ms: args.storm_latency_ms,
-        };
-        report.storm = storm::run(ctx, params).await?;
+        report.storm = storm::run(ctx, storm_params(args)).await?;
     }
     if want("rotation") {
         let params = rotation::Params {
@@ -386,10 +387,7 @@ async fn scenarios(ctx: &Ctx, args: &Args) -> R<Report> {
         report.rotation = Some(rotation::run(ctx, params).await?);
     }
     if want("memory") {
-        let params = memory::Params {
-            points: args.memory_points.clone(),
-        };
-        report.memory = Some(memory::run(ctx, params).await?);
+        report.memory = Some(memory::run(ctx, memory_params(args)).await?);
     }
     if want("outage") {
         let params = outage::Params {
