@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use crate::flagcheck;
 
 /// Exit code for command line errors (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
@@ -99,13 +99,13 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2705)]
     pub metrics_port: u16,
     /// Longest time a cached credential is served before it is renewed; 0 disables the cache.
-    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    #[arg(long, default_value = "3h", value_parser = flagcheck::duration_or_off("1s", "24h"))]
     pub max_credential_retention_before_renewal: Duration,
     /// Maximum number of cached credentials; 0 disables the cache.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = flagcheck::count::<u64>(0, 10_000_000))]
     pub max_cache_size: u64,
     /// Background refreshes per second sent to EKS Auth.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = flagcheck::rate("0.001", "1000000"))]
     pub max_service_qps: f64,
     /// Hosts to listen on (IPv6 in brackets). Repeatable or comma-separated.
     #[arg(short = 'b', long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("[fd00:ec2::23]")])]
@@ -126,7 +126,7 @@ pub struct ServerArgs {
     )]
     pub rotate_credentials: bool,
     /// With --rotate-credentials: how often the shared credentials file is re-read.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = flagcheck::duration("1s", "24h"))]
     pub credentials_reload_interval: Duration,
     /// EKS Auth endpoint URL override (AWS_ENDPOINT_URL_EKS_AUTH also works).
     #[arg(long)]
@@ -148,24 +148,24 @@ pub struct ServerArgs {
     pub audience: String,
 
     /// Connect timeout for EKS Auth calls.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = flagcheck::duration("10ms", "1m"))]
     pub eks_auth_connect_timeout: Duration,
     /// Timeout of one EKS Auth HTTP attempt.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = flagcheck::duration("10ms", "5m"))]
     pub eks_auth_request_timeout: Duration,
     /// Attempts per EKS Auth call (SDK standard retry); 1 disables retries.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = flagcheck::count::<u32>(1, 10))]
     pub eks_auth_max_attempts: u32,
     /// Node-wide cap on EKS Auth calls per second (misses and refreshes
     /// together), lowered while EKS Auth throttles; 0 disables.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = flagcheck::rate_or_off("0.001", "1000000"))]
     pub eks_auth_rate_limit: f64,
     /// Calls allowed at once above --eks-auth-rate-limit: a node start
     /// (110 pods) is served in about half a second.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = flagcheck::count::<u32>(1, 1_000_000))]
     pub eks_auth_rate_burst: u32,
     /// EKS Auth calls that may wait for the cap; beyond it requests get 503.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = flagcheck::count::<usize>(0, 1_000_000))]
     pub eks_auth_queue_size: usize,
 
     #[command(flatten)]
@@ -176,39 +176,40 @@ pub struct ServerArgs {
     pub cache_scope: CacheScope,
     /// How long an irrecoverable EKS Auth answer (no association, access
     /// denied, bad token) is replayed for the same token; 0 disables.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = flagcheck::duration("0s", "1h"))]
     pub negative_cache_ttl: Duration,
 
     /// Requests per second accepted on the credential endpoint, all clients together; 0 disables.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = 1000.0, value_parser = flagcheck::rate_or_off("0.001", "1000000"))]
     pub rate_limit: f64,
     /// Burst above --rate-limit.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = flagcheck::count::<u32>(1, 1_000_000))]
     pub rate_limit_burst: u32,
-    /// Requests per second accepted from one client IP; 0 disables.
-    #[arg(long, default_value_t = 100.0)]
+    /// Requests per second accepted from one workload (the verified pod,
+    /// else the exact token; never the source IP); 0 disables.
+    #[arg(long, default_value_t = 100.0, value_parser = flagcheck::rate_or_off("0.001", "1000000"))]
     pub per_client_rate_limit: f64,
     /// Burst above --per-client-rate-limit.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = flagcheck::count::<u32>(1, 1_000_000))]
     pub per_client_rate_limit_burst: u32,
 
     /// Open connections accepted at once on the credential endpoint; more are closed at once.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = flagcheck::count::<usize>(1, 1_000_000))]
     pub max_connections: usize,
     /// Time a client has to send complete request headers; also how long an
     /// idle keep-alive connection is kept.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = flagcheck::duration("100ms", "10m"))]
     pub header_read_timeout: Duration,
     /// Largest request head accepted (431 beyond).
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024, value_parser = flagcheck::count::<usize>(4096, 1_048_576))]
     pub max_header_bytes: usize,
     /// Longest wait for in-flight requests after SIGTERM/SIGINT (keep it
     /// below the pod's terminationGracePeriodSeconds).
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = flagcheck::duration("0s", "1h"))]
     pub drain_timeout: Duration,
     /// How long an IPv6 bind host that is not (yet) assigned is retried
     /// (duplicate address detection) before it is skipped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = flagcheck::duration("0s", "10m"))]
     pub ipv6_bind_wait: Duration,
 
     /// Upstream (cobra) accepts and ignores positional arguments; main logs
@@ -244,13 +245,13 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub jwks_cache_path: Option<PathBuf>,
     /// Minimum time between two JWKS refetches caused by unknown key ids.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = flagcheck::duration("0s", "24h"))]
     pub jwks_refetch_interval: Duration,
     /// Periodic JWKS refresh (key rotation without unknown kids).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = flagcheck::duration("1s", "24h"))]
     pub jwks_refresh_interval: Duration,
     /// Clock skew tolerated on exp/nbf (upstream tolerates none).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = flagcheck::duration("0s", "10m"))]
     pub token_leeway: Duration,
     /// Refuse (400) tokens local verification cannot decide (no keys loaded,
     /// unknown kid after a refetch, no kid, another issuer) instead of
@@ -273,7 +274,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
     pub service_account_dir: PathBuf,
     /// Verified tokens remembered so they are not verified again.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = flagcheck::count::<u64>(0, 10_000_000))]
     pub verified_token_cache_size: u64,
 }
 
@@ -284,7 +285,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub socket: PathBuf,
     /// Longest wait for the answer.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = flagcheck::duration("10ms", "10m"))]
     pub timeout: Duration,
     #[arg(value_enum)]
     pub check: ProbeCheck,

@@ -28,6 +28,7 @@
 //! - [`cli`]: subcommands and flags (upstream names and defaults).
 //! - [`clock`]: the injectable wall clock.
 //! - [`duration`]: Go-style duration flags.
+//! - [`flagcheck`]: the ranges of numeric and duration flags (clap value parsers).
 //!
 //! Node init (`initialize`) lives in the separate `pod-identity-init` crate;
 //! the token issuer, EKS Auth emulator and demo in the `testkit` crate.
@@ -42,6 +43,7 @@ pub mod credentials;
 pub mod duration;
 pub mod eksauth;
 pub mod endpoint;
+pub mod flagcheck;
 pub mod gojson;
 pub mod instance;
 pub mod jwks;

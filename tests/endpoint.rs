@@ -481,6 +481,34 @@ fn unknown_flags_exit_64() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// Values that used to panic a task or start an agent that could not work
+/// stop it at start, naming the flag (issue #25; every flag and its range:
+/// `flagcheck`'s tests).
+#[test]
+fn bad_flag_values_stop_the_agent_at_start() {
+    for (flag, value) in [
+        ("--max-service-qps", "NaN"),
+        ("--max-service-qps", "1e-320"),
+        ("--max-service-qps", "-3"),
+        ("--jwks-refresh-interval", "0s"),
+        ("--eks-auth-rate-limit", "NaN"),
+        ("--rate-limit", "NaN"),
+        ("--header-read-timeout", "0s"),
+        ("--max-header-bytes", "0"),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["server", "--cluster-name", "c", &format!("{flag}={value}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}={value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{err}"
+        );
+    }
+}
+
 /// The built binary, configured the way a DaemonSet does it: endpoint from
 /// `AWS_ENDPOINT_URL_EKS_AUTH`, credentials and region from the environment.
 #[tokio::test]
