@@ -55,7 +55,32 @@ struct Wire<'a> {
     expiration: &'a str,
 }
 
+/// The last second the pod-facing `Expiration` can name: RFC 3339 (and
+/// the SDKs reading it) stop at 9999-12-31T23:59:59Z.
+pub const MAX_EXPIRATION_SECS: i64 = 253_402_300_799;
+
+/// An expiration the pod-facing document cannot carry: before the epoch
+/// (EKS Auth sends epoch seconds; a negative count is no credential anyone
+/// issued) or after year 9999 (which RFC 3339 cannot write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expiration {secs} s after the epoch, outside 1970-01-01..9999-12-31")]
+pub struct ExpirationOutOfRange {
+    pub secs: i64,
+}
+
 impl Credentials {
+    /// Whether `Expiration` can be written (see [`ExpirationOutOfRange`]).
+    pub fn check_expiration(&self) -> Result<(), ExpirationOutOfRange> {
+        let secs = self.expiration.secs();
+        if (0..=MAX_EXPIRATION_SECS).contains(&secs) {
+            Ok(())
+        } else {
+            Err(ExpirationOutOfRange { secs })
+        }
+    }
+
+    /// Milliseconds since the epoch, clamped to `u64` (callers check the
+    /// range first: [`check_expiration`](Self::check_expiration)).
     pub fn expiration_ms(&self) -> u64 {
         let millis = self.expiration.secs() as i128 * 1000
             + self.expiration.subsec_nanos() as i128 / 1_000_000;
@@ -64,15 +89,19 @@ impl Credentials {
 
     /// The response body, built once and served from the cache as is.
     /// `Expiration` has millisecond precision at most, trailing zeros
-    /// trimmed, as upstream prints the epoch seconds EKS Auth sends.
-    pub fn to_body(&self) -> Bytes {
+    /// trimmed, as upstream prints the epoch seconds EKS Auth sends. An
+    /// expiration out of range is an error, never a panic: the body is built
+    /// inside the shared fetch.
+    pub fn to_body(&self) -> Result<Bytes, ExpirationOutOfRange> {
+        self.check_expiration()?;
+        let out_of_range = || ExpirationOutOfRange {
+            secs: self.expiration.secs(),
+        };
         let millis = DateTime::from_secs_and_nanos(
             self.expiration.secs(),
             self.expiration.subsec_nanos() / 1_000_000 * 1_000_000,
         );
-        let expiration = millis
-            .fmt(Format::DateTime)
-            .expect("epoch-second timestamps from EKS Auth are in RFC 3339 range");
+        let expiration = millis.fmt(Format::DateTime).map_err(|_| out_of_range())?;
         let wire = Wire {
             access_key_id: &self.access_key_id,
             secret_access_key: self.secret_access_key.expose(),
@@ -84,7 +113,7 @@ impl Credentials {
         // The serializer doubles its buffer as it goes; the body lives as
         // long as its cache entry, so it keeps only its own length.
         body.shrink_to_fit();
-        Bytes::from(body)
+        Ok(Bytes::from(body))
     }
 }
 
@@ -126,13 +155,45 @@ mod tests {
             expiration: DateTime::from_secs(1776040509),
         };
         assert_eq!(
-            c.to_body(),
+            c.to_body().unwrap(),
             Bytes::from_static(
                 b"{\"AccessKeyId\":\"ASIAEXAMPLE\",\"SecretAccessKey\":\"s\",\"Token\":\"t\",\"AccountId\":\"123456789012\",\"Expiration\":\"2026-04-13T00:35:09Z\"}"
             )
         );
         assert!(!format!("{c:?}").contains("\"s\""));
         assert!(format!("{c:?}").contains("redacted"));
+    }
+
+    /// Year 10000 panicked the shared fetch (issue #25); epoch seconds
+    /// EKS Auth could send that RFC 3339 cannot write are refused instead.
+    #[test]
+    fn unrepresentable_expirations_are_errors() {
+        let at = |secs: f64| Credentials {
+            access_key_id: "A".into(),
+            secret_access_key: Secret::new("s"),
+            session_token: Secret::new("t"),
+            account_id: String::new(),
+            expiration: DateTime::from_secs_f64(secs),
+        };
+        for secs in [
+            253_402_300_800.0,
+            253_402_300_800.5,
+            1e300,
+            -1.0,
+            -0.001,
+            -1e300,
+        ] {
+            let c = at(secs);
+            assert!(c.to_body().is_err(), "{secs}");
+            assert!(c.check_expiration().is_err(), "{secs}");
+        }
+        for secs in [0.0, 1.5, 253_402_300_799.999] {
+            assert!(at(secs).to_body().is_ok(), "{secs}");
+        }
+        assert_eq!(
+            at(1e300).to_body().unwrap_err().to_string(),
+            "expiration 9223372036854775807 s after the epoch, outside 1970-01-01..9999-12-31"
+        );
     }
 
     #[test]

@@ -583,3 +583,140 @@ async fn background_refreshes_are_paced_at_max_service_qps() {
     );
     assert_eq!(agent.metrics.refreshes.with_label_values(&["ok"]).get(), 10);
 }
+
+/// An expiration the pod-facing document cannot write (year 10000 panicked
+/// the shared fetch, and every later request for the pod joined its dead
+/// channel: issue #25) is a bad answer, 500, and the next request fetches
+/// again.
+#[tokio::test]
+async fn an_unrepresentable_expiration_is_refused_and_the_pod_recovers() {
+    let w = World::start().await;
+    let agent = plain_agent(&w, None, &["--eks-auth-max-attempts", "1"]).await;
+    let t = w.token("default", "app", "p");
+    // Year 10000, its fraction, a value the SDK saturates, before 1970.
+    for expiration in [253_402_300_800.0, 253_402_300_800.25, 1e300, -1.0] {
+        w.emulator.set_faults(Faults {
+            credential_expiration: Some(expiration),
+            ..Default::default()
+        });
+        let r = agent.creds(&t).await;
+        assert_eq!(r.status, 500, "{expiration}: {}", r.body);
+        assert!(
+            r.body.contains("EKS Auth answered a credential expiration"),
+            "{expiration}: {}",
+            r.body
+        );
+    }
+    w.emulator.set_faults(Faults::default());
+    let calls = w.emulator.calls();
+    akid(&agent.creds(&t).await);
+    assert_eq!(w.emulator.calls(), calls + 1, "a fresh fetch");
+}
+
+/// A fetch that panics answers every request waiting for it with a 500;
+/// the next request starts a fresh fetch instead of joining a dead one.
+#[tokio::test]
+async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
+    use pod_identity_agent::credentials::{Credentials, Secret};
+    use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
+    use pod_identity_agent::metrics::Metrics;
+    use pod_identity_agent::token::TokenHash;
+    use tokio::sync::Notify;
+
+    /// Its first call waits for `release`, then panics; later calls issue.
+    struct PanicsOnce {
+        calls: AtomicU32,
+        started: Notify,
+        release: Notify,
+    }
+    impl Upstream for PanicsOnce {
+        fn assume<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>> {
+            Box::pin(async move {
+                if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    self.started.notify_one();
+                    self.release.notified().await;
+                    panic!("a bug in the fetch");
+                }
+                Ok(Issued {
+                    credentials: Credentials {
+                        access_key_id: "ASIAFRESH".into(),
+                        secret_access_key: Secret::new("s"),
+                        session_token: Secret::new("t"),
+                        account_id: "123456789012".into(),
+                        expiration: aws_smithy_types::DateTime::from_secs(
+                            testkit::issuer::now_secs() + 3600,
+                        ),
+                    },
+                    association_id: None,
+                    assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
+                    request_id: None,
+                })
+            })
+        }
+        fn cluster_name(&self) -> &str {
+            CLUSTER
+        }
+    }
+
+    let upstream = Arc::new(PanicsOnce {
+        calls: AtomicU32::new(0),
+        started: Notify::new(),
+        release: Notify::new(),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let cache = CredentialCache::new(
+        CacheConfig {
+            retention: Duration::from_secs(3 * 3600),
+            max_size: 100,
+            max_service_qps: 3.0,
+            negative_ttl: Duration::from_secs(5),
+            gate: CallGateConfig {
+                rate: 0.0,
+                burst: 0,
+                queue_size: 0,
+            },
+        },
+        upstream.clone(),
+        pod_identity_agent::clock::system(),
+        metrics.clone(),
+    );
+    let token: Arc<str> = "a.b.c".into();
+    let hash = TokenHash::of(&token);
+    let key = CacheKey::Token(hash);
+    let get = || {
+        let (cache, token) = (cache.clone(), token.clone());
+        tokio::spawn(async move {
+            let token_ref = move || TokenRef {
+                raw: token,
+                hash,
+                expires: None,
+            };
+            let now = testkit::issuer::now_secs() as u64 * 1000;
+            cache.get(&key, hash, token_ref, now).await
+        })
+    };
+    let first = get();
+    upstream.started.notified().await;
+    let second = get();
+    while metrics.coalesced_waits.get() < 1 {
+        tokio::task::yield_now().await;
+    }
+    upstream.release.notify_one();
+    for waiter in [first, second] {
+        let err = waiter.await.expect("the request itself does not panic");
+        assert!(
+            matches!(
+                err.as_ref().map_err(|e| &**e),
+                Err(EksAuthError::FetchAborted)
+            ),
+            "{err:?}"
+        );
+    }
+    let (body, outcome) = get().await.unwrap().expect("a fresh fetch");
+    assert_eq!(outcome, Outcome::Miss);
+    assert!(String::from_utf8_lossy(&body).contains("ASIAFRESH"));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+}

@@ -30,11 +30,19 @@ impl Inner {
         // Credentials an SDK could not use are an error, never a 200.
         let result = result
             .and_then(|issued| {
+                let body =
+                    issued
+                        .credentials
+                        .to_body()
+                        .map_err(|source| EksAuthError::Expiration {
+                            source,
+                            request_id: issued.request_id.clone().unwrap_or_default(),
+                        })?;
                 let remaining_ms = issued.credentials.expiration_ms() as i64 - now as i64;
                 if remaining_ms <= MIN_REMAINING.as_millis() as i64 {
                     Err(EksAuthError::Expiring { remaining_ms })
                 } else {
-                    Ok(issued)
+                    Ok((issued, body))
                 }
             })
             .map_err(|err| match err {
@@ -46,8 +54,7 @@ impl Inner {
                 other => other,
             });
         match result {
-            Ok(issued) => {
-                let body = issued.credentials.to_body();
+            Ok((issued, body)) => {
                 let expires_ms = issued.credentials.expiration_ms();
                 info!(
                     cluster = self.upstream.cluster_name(),

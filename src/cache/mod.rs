@@ -9,7 +9,9 @@
 //!   retention (`--max-credential-retention-before-renewal`) after its fetch.
 //! - Concurrent misses for one key make one EKS Auth call, run in its own
 //!   task so a cancelled first caller does not fail the others; waiters are
-//!   woken by a `watch` channel (no polling).
+//!   woken by a `watch` channel (no polling). The in-flight slot is removed
+//!   by a drop guard: a fetch that panics answers its waiters with a 500
+//!   and the next request starts a fresh one.
 //! - EKS Auth is protected three ways: irrecoverable answers are replayed
 //!   per token for `--negative-cache-ttl`; recoverable failures of keys with
 //!   no credential open a per-key backoff ([`backoff`]); every call passes
@@ -96,6 +98,24 @@ struct Inner {
 #[derive(Clone)]
 pub struct CredentialCache {
     inner: Arc<Inner>,
+}
+
+/// A key's in-flight slot, removed when its fetch task ends however it
+/// ends (a panic unwinds through this drop), so no request ever waits on a
+/// fetch that will not answer.
+struct InflightSlot {
+    inner: Arc<Inner>,
+    key: CacheKey,
+}
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl CredentialCache {
@@ -193,12 +213,12 @@ impl CredentialCache {
                     inflight.insert(key, rx.clone());
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
+                        let slot = InflightSlot {
+                            inner: inner.clone(),
+                            key,
+                        };
                         let result = inner.load(&key, token, class).await;
-                        inner
-                            .inflight
-                            .lock()
-                            .expect("inflight lock poisoned")
-                            .remove(&key);
+                        drop(slot);
                         let _ = tx.send(Some(result));
                     });
                     (rx, false)
@@ -210,9 +230,9 @@ impl CredentialCache {
         }
         let result = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone().expect("wait_for returned a filled slot"),
-            Err(_) => Err(Arc::new(EksAuthError::Incomplete(
-                "result: the fetch task ended without one",
-            ))),
+            // The fetch task panicked: its slot is gone, the next request
+            // starts afresh.
+            Err(_) => Err(Arc::new(EksAuthError::FetchAborted)),
         };
         match result {
             Ok((body, Outcome::Miss)) if joined => Ok((body, Outcome::Coalesced)),

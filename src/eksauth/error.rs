@@ -17,7 +17,7 @@ use aws_sdk_eksauth::error::{DisplayErrorContext, SdkError};
 use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
-use crate::credentials::ArnError;
+use crate::credentials::{ArnError, ExpirationOutOfRange};
 
 pub(super) type Sdk = SdkError<AssumeRoleForPodIdentityError, HttpResponse>;
 
@@ -123,6 +123,18 @@ pub enum EksAuthError {
         "[{request_id}]: EKS Auth answered {status} with a body that is not a credential response"
     )]
     Unreadable { status: u16, request_id: String },
+    /// A credential whose expiration the pod-facing document cannot carry
+    /// (before 1970, after 9999): a bad answer, refused before anything
+    /// formats it.
+    #[error("[{request_id}]: EKS Auth answered a credential {source}")]
+    Expiration {
+        source: ExpirationOutOfRange,
+        request_id: String,
+    },
+    /// The task fetching for this identity ended without a result (it
+    /// panicked): its waiters get a 500, the next request a fresh fetch.
+    #[error("fetching credentials failed unexpectedly; retry")]
+    FetchAborted,
     /// Upstream's wording; the cache adds its prefix as upstream's does.
     #[error("{}unable to parse arn from assumed role: {source}", if *.via_cache { "error getting credentials to cache: " } else { "" })]
     Arn { source: ArnError, via_cache: bool },
@@ -149,6 +161,8 @@ impl EksAuthError {
             EksAuthError::Transport(_) => "Transport",
             EksAuthError::Incomplete(_) => "IncompleteResponse",
             EksAuthError::Unreadable { .. } => "UnreadableResponse",
+            EksAuthError::Expiration { .. } => "InvalidExpiration",
+            EksAuthError::FetchAborted => "FetchAborted",
             EksAuthError::Arn { .. } => "InvalidRoleArn",
             EksAuthError::Expiring { .. } => "ExpiringCredentials",
             EksAuthError::Saturated { .. } => "QueueFull",

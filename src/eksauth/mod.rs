@@ -169,19 +169,26 @@ fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
     if creds.access_key_id().is_empty() || creds.secret_access_key().is_empty() {
         return Err(EksAuthError::Incomplete("credentials"));
     }
+    let credentials = Credentials {
+        access_key_id: creds.access_key_id().to_owned(),
+        secret_access_key: Secret::new(creds.secret_access_key()),
+        session_token: Secret::new(creds.session_token()),
+        account_id: account_from_arn(user.arn())
+            .map_err(|source| EksAuthError::Arn {
+                source,
+                via_cache: false,
+            })?
+            .to_owned(),
+        expiration: *creds.expiration(),
+    };
+    credentials
+        .check_expiration()
+        .map_err(|source| EksAuthError::Expiration {
+            source,
+            request_id: request_id.clone().unwrap_or_default(),
+        })?;
     Ok(Issued {
-        credentials: Credentials {
-            access_key_id: creds.access_key_id().to_owned(),
-            secret_access_key: Secret::new(creds.secret_access_key()),
-            session_token: Secret::new(creds.session_token()),
-            account_id: account_from_arn(user.arn())
-                .map_err(|source| EksAuthError::Arn {
-                    source,
-                    via_cache: false,
-                })?
-                .to_owned(),
-            expiration: *creds.expiration(),
-        },
+        credentials,
         association_id: out
             .pod_identity_association()
             .map(|a| a.association_id().to_owned()),
