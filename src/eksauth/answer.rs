@@ -96,20 +96,9 @@ fn error_info(body: &[u8]) -> Option<ErrorInfo> {
 
 /// The first JSON value of a stream, as Go's `json.Decoder` reads it:
 /// `Some(None)` for an empty (whitespace) body, `None` for a syntax error.
+/// Linear: the scanner stops where that value ends.
 fn first_value(body: &[u8]) -> Option<Option<Value>> {
-    let trimmed = body.trim_ascii_start();
-    if trimmed.is_empty() {
-        return Some(None);
-    }
-    // The decoder stops after the first complete value; anything after it is
-    // never read. Find where that value ends by growing a prefix until it
-    // parses (bodies here are small).
-    if let Ok(v) = gojson::parse(trimmed) {
-        return Some(Some(v));
-    }
-    (1..trimmed.len())
-        .find_map(|end| gojson::parse(&trimmed[..end]).ok())
-        .map(Some)
+    gojson::parse_first(body).ok()
 }
 
 /// The modeled error shape's `message`: keys `message` or `Message` only.
@@ -255,6 +244,42 @@ mod tests {
                 "{status} {header:?} {input:?}"
             );
         }
+    }
+
+    /// The first value is found in one pass: the prefix search it replaced
+    /// re-parsed every prefix of a body with trailing data (quadratic).
+    #[test]
+    fn reading_an_answer_is_linear() {
+        let long = format!(
+            r#"{{"__type":"InvalidTokenException","message":"{}"}} trailing"#,
+            "m".repeat(10_000)
+        );
+        let before = gojson::bytes_scanned();
+        let e = from_answer(400, "req-1".into(), "", long.as_bytes());
+        let scanned = gojson::bytes_scanned() - before;
+        assert!(matches!(e, EksAuthError::Service { .. }), "{e}");
+        assert!(
+            scanned <= 4 * long.len(),
+            "{scanned} bytes scanned for {}",
+            long.len()
+        );
+    }
+
+    #[test]
+    fn deep_answers_are_read_with_a_small_stack() {
+        crate::gojson::tests::on_small_stack(|| {
+            let deep = format!(
+                r#"{{"__type":"InvalidTokenException","x":{}{}}}"#,
+                "[".repeat(9_999),
+                "]".repeat(9_999)
+            );
+            assert_eq!(
+                body(400, "", &deep),
+                "[req-1]: (InvalidTokenException): , fault: client"
+            );
+            let too_deep = format!(r#"{{"x":{}"#, "[".repeat(10_000));
+            assert_eq!(body(400, "", &too_deep), "[req-1]");
+        });
     }
 
     #[test]

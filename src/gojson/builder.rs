@@ -1,11 +1,67 @@
 //! Building the value of a document the scanner already accepted: no
-//! error paths, members kept in order.
+//! error paths, members kept in order, no recursion.
 
 use super::Value;
 use super::scanner::is_space;
 
+/// Builds the value of `data`, which the scanner accepted. Nesting is
+/// followed with a heap stack of open containers, not recursion: a document
+/// at Go's depth limit needs no more thread stack than a flat one.
 pub(super) fn build(data: &[u8]) -> Value {
-    Builder { data, pos: 0 }.value()
+    let mut b = Builder { data, pos: 0 };
+    let mut open: Vec<Open> = Vec::new();
+    loop {
+        let mut value = match b.begin() {
+            Begin::Value(v) => v,
+            // A non-empty container: its first member or element next.
+            Begin::Object => {
+                let key = b.key();
+                open.push(Open::Object(Vec::new(), key));
+                continue;
+            }
+            Begin::Array => {
+                open.push(Open::Array(Vec::new()));
+                continue;
+            }
+        };
+        // Hand the finished value to its container, closing containers
+        // that end here, until one has another member or element to read.
+        loop {
+            let Some(top) = open.last_mut() else {
+                return value;
+            };
+            match top {
+                Open::Array(items) => items.push(value),
+                Open::Object(members, key) => members.push((std::mem::take(key), value)),
+            }
+            b.skip_space();
+            let c = b.data[b.pos];
+            b.pos += 1;
+            if c == b',' {
+                if let Some(Open::Object(_, key)) = open.last_mut() {
+                    *key = b.key();
+                }
+                break;
+            }
+            value = match open.pop().expect("a container is open") {
+                Open::Array(items) => Value::Array(items),
+                Open::Object(members, _) => Value::Object(members),
+            };
+        }
+    }
+}
+
+enum Begin {
+    Value(Value),
+    /// The opening byte of a non-empty object or array was read.
+    Object,
+    Array,
+}
+
+/// A container being built, with the key of the member being read.
+enum Open {
+    Array(Vec<Value>),
+    Object(Vec<(String, Value)>, String),
 }
 
 struct Builder<'a> {
@@ -20,47 +76,29 @@ impl Builder<'_> {
         }
     }
 
-    fn value(&mut self) -> Value {
+    /// The value starting at `pos`, complete when it is a scalar or an
+    /// empty container.
+    fn begin(&mut self) -> Begin {
         self.skip_space();
         let c = self.data[self.pos];
-        match c {
-            b'{' => {
+        Begin::Value(match c {
+            b'{' | b'[' => {
                 self.pos += 1;
-                let mut members = Vec::new();
-                loop {
-                    self.skip_space();
-                    if self.data[self.pos] == b'}' {
-                        self.pos += 1;
-                        break;
-                    }
-                    let key = self.string();
-                    self.skip_space();
-                    self.pos += 1; // ':'
-                    let value = self.value();
-                    members.push((key, value));
-                    self.skip_space();
-                    if self.data[self.pos] == b',' {
-                        self.pos += 1;
-                    }
+                self.skip_space();
+                let close = if c == b'{' { b'}' } else { b']' };
+                if self.data[self.pos] != close {
+                    return if c == b'{' {
+                        Begin::Object
+                    } else {
+                        Begin::Array
+                    };
                 }
-                Value::Object(members)
-            }
-            b'[' => {
                 self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    self.skip_space();
-                    if self.data[self.pos] == b']' {
-                        self.pos += 1;
-                        break;
-                    }
-                    items.push(self.value());
-                    self.skip_space();
-                    if self.data[self.pos] == b',' {
-                        self.pos += 1;
-                    }
+                if c == b'{' {
+                    Value::Object(Vec::new())
+                } else {
+                    Value::Array(Vec::new())
                 }
-                Value::Array(items)
             }
             b'"' => Value::String(self.string()),
             b't' => {
@@ -87,7 +125,16 @@ impl Builder<'_> {
                 }
                 Value::Number(String::from_utf8_lossy(&self.data[start..self.pos]).into_owned())
             }
-        }
+        })
+    }
+
+    /// A member's key and its `:`.
+    fn key(&mut self) -> String {
+        self.skip_space();
+        let key = self.string();
+        self.skip_space();
+        self.pos += 1;
+        key
     }
 
     /// A string literal at `pos` (the opening quote), unescaped.

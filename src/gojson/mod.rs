@@ -12,6 +12,17 @@
 //!
 //! Strings: escapes decoded; invalid UTF-8 and unpaired surrogates become
 //! U+FFFD, as Go's decoder does.
+//!
+//! Limits, Go's: nesting deeper than 10,000 objects and arrays is refused
+//! with `invalid character '[' exceeded max depth` (`maxNestingDepth` in
+//! Go's `encoding/json/scanner.go`; every depth up to it is accepted, as Go
+//! does). Time is linear in the input: one scanner pass, one building
+//! pass, and [`parse_first`] reads no further than the first value. No
+//! step recurses per nesting level (the scanner keeps Go's explicit state
+//! stack, building and dropping use heap stacks), so the deepest accepted
+//! document needs no more thread stack than a flat one. Everything read
+//! here is bounded by its source before it arrives: a token by the request
+//! head limit (`--max-header-bytes`), an EKS Auth answer by the SDK.
 
 mod builder;
 mod scanner;
@@ -59,6 +70,35 @@ impl Value {
     }
 }
 
+/// Dropping follows nesting with a heap stack: a value as deep as Go's
+/// limit must not need a deep thread stack to be freed either.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut nested = Vec::new();
+        self.take_nested(&mut nested);
+        while let Some(mut v) = nested.pop() {
+            v.take_nested(&mut nested);
+        }
+    }
+}
+
+impl Value {
+    /// Moves the non-empty containers among this value's children to
+    /// `out`; the other children are dropped here (they hold nothing).
+    fn take_nested(&mut self, out: &mut Vec<Value>) {
+        let deep = |v: &Value| match v {
+            Value::Array(items) => !items.is_empty(),
+            Value::Object(members) => !members.is_empty(),
+            _ => false,
+        };
+        match self {
+            Value::Array(items) => out.extend(items.drain(..).filter(deep)),
+            Value::Object(members) => out.extend(members.drain(..).map(|(_, v)| v).filter(deep)),
+            _ => {}
+        }
+    }
+}
+
 /// A syntax error, worded as Go's `*json.SyntaxError`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError(pub(crate) String);
@@ -71,9 +111,25 @@ impl fmt::Display for SyntaxError {
 
 impl std::error::Error for SyntaxError {}
 
+/// `json.Unmarshal`'s reading of a whole document (nothing may follow it).
 pub fn parse(data: &[u8]) -> Result<Value, SyntaxError> {
     scanner::check_valid(data)?;
     Ok(builder::build(data))
+}
+
+/// The first value of a stream, as Go's `json.Decoder.Decode` reads it:
+/// the scanner stops where the value ends, so whatever follows is never
+/// read (one pass, linear in the value's length). `Ok(None)` when the data
+/// is only white space (Go's `io.EOF`); an incomplete value is Go's
+/// `unexpected EOF`.
+pub fn parse_first(data: &[u8]) -> Result<Option<Value>, SyntaxError> {
+    Ok(scanner::first_value_len(data)?.map(|len| builder::build(&data[..len])))
+}
+
+/// Bytes stepped through the scanner on this thread (tests: linear time).
+#[cfg(test)]
+pub(crate) fn bytes_scanned() -> usize {
+    scanner::STEPPED.with(std::cell::Cell::get)
 }
 
 /// Go's `quoteChar`: the byte as the rune U+00XX, quoted with `strconv.Quote`
@@ -125,7 +181,7 @@ pub fn go_quote(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn err(s: &str) -> String {
@@ -240,6 +296,87 @@ mod tests {
         assert_eq!(
             parse(b"\"\\ud800x\xff\"").unwrap(),
             Value::String("\u{fffd}x\u{fffd}".into())
+        );
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: a document 10,000 levels
+    /// deep then fits only if no step recurses per level (the builder used
+    /// ~192 bytes of stack a level, and overflowed a debug build's 2 MiB
+    /// worker stack near 6,000: issue #25).
+    pub(crate) fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow")
+    }
+
+    #[test]
+    fn go_depth_limit_with_a_small_stack() {
+        on_small_stack(|| {
+            let depth = scanner::MAX_DEPTH;
+            let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let v = parse(arrays.as_bytes()).expect("Go accepts 10,000 levels");
+            let mut level = &v;
+            let mut n = 1;
+            while let Value::Array(items) = level {
+                match items.first() {
+                    Some(inner) => (level, n) = (inner, n + 1),
+                    None => break,
+                }
+            }
+            assert_eq!(n, depth);
+            drop(v);
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            assert!(parse(objects.as_bytes()).is_ok());
+            let mixed = format!(
+                "{}1{}",
+                r#"[{"a":"#.repeat(depth / 2),
+                "}]".repeat(depth / 2)
+            );
+            assert!(parse_first(format!("{mixed} trailing").as_bytes()).is_ok());
+            let over = format!("{}{}", "[".repeat(depth + 1), "]".repeat(depth + 1));
+            assert_eq!(
+                parse(over.as_bytes()).unwrap_err().to_string(),
+                "invalid character '[' exceeded max depth"
+            );
+        });
+    }
+
+    /// What Go's `json.Decoder.Decode` takes from a stream: the first value,
+    /// never what follows it.
+    #[test]
+    fn the_first_value_as_go_decodes_it() {
+        let first = |s: &str| parse_first(s.as_bytes()).map_err(|e| e.to_string());
+        let num = |n: &str| Ok(Some(Value::Number(n.into())));
+        assert_eq!(first("123 456"), num("123"));
+        assert_eq!(first("123"), num("123"));
+        assert_eq!(first("  -1.5e3x"), num("-1.5e3"));
+        assert_eq!(first("1]"), num("1"));
+        assert_eq!(first("\"abc\"x"), Ok(Some(Value::String("abc".into()))));
+        assert_eq!(first("true false"), Ok(Some(Value::Bool(true))));
+        assert_eq!(
+            first(r#"{"a":1}{"b":2}"#),
+            Ok(Some(Value::Object(vec![(
+                "a".into(),
+                Value::Number("1".into())
+            )])))
+        );
+        assert_eq!(first("[]]"), Ok(Some(Value::Array(vec![]))));
+        assert_eq!(first(""), Ok(None));
+        assert_eq!(first(" \n\t"), Ok(None));
+        assert_eq!(first("[1,2"), Err("unexpected EOF".into()));
+        assert_eq!(first("tru"), Err("unexpected EOF".into()));
+        assert_eq!(first("1."), Err("unexpected EOF".into()));
+        assert_eq!(first("-"), Err("unexpected EOF".into()));
+        assert_eq!(
+            first("[1 2]"),
+            Err("invalid character '2' after array element".into())
+        );
+        assert_eq!(
+            first("x"),
+            Err("invalid character 'x' looking for beginning of value".into())
         );
     }
 

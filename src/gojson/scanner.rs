@@ -75,6 +75,8 @@ impl Scanner {
     }
 
     fn step(&mut self, c: u8) {
+        #[cfg(test)]
+        STEPPED.with(|n| n.set(n.get() + 1));
         match self.state {
             State::Error => {}
             State::BeginValueOrEmpty => {
@@ -274,13 +276,57 @@ impl Scanner {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    pub(super) static STEPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Scanner {
+    fn new() -> Self {
+        Scanner {
+            state: State::BeginValue,
+            stack: Vec::new(),
+            end_top: false,
+            err: None,
+        }
+    }
+}
+
+/// Where the first value of `data` ends, as Go's `Decoder.readValue` finds
+/// it: an object or array ends with its closing byte; any other value when
+/// the next byte cannot continue it (that byte is not part of it, and
+/// whatever it is, Go reports nothing about it). `None` when `data` is only
+/// white space.
+pub(super) fn first_value_len(data: &[u8]) -> Result<Option<usize>, SyntaxError> {
+    let mut s = Scanner::new();
+    let mut container = None;
+    for (i, &c) in data.iter().enumerate() {
+        if container.is_none() && !is_space(c) {
+            container = Some(c == b'{' || c == b'[');
+        }
+        s.step(c);
+        if s.end_top {
+            // An error from this byte is Go's "complain on the next call",
+            // which never comes.
+            return Ok(Some(if container == Some(true) { i + 1 } else { i }));
+        }
+        if let Some(err) = s.err.take() {
+            return Err(err);
+        }
+    }
+    if container.is_none() {
+        return Ok(None);
+    }
+    s.step(b' ');
+    if s.end_top {
+        Ok(Some(data.len()))
+    } else {
+        Err(SyntaxError("unexpected EOF".into()))
+    }
+}
+
 pub(super) fn check_valid(data: &[u8]) -> Result<(), SyntaxError> {
-    let mut s = Scanner {
-        state: State::BeginValue,
-        stack: Vec::new(),
-        end_top: false,
-        err: None,
-    };
+    let mut s = Scanner::new();
     for &c in data {
         s.step(c);
         if let Some(err) = s.err.take() {

@@ -5,7 +5,9 @@
 //! - strict base64 (canonical, no padding) is a subset of Go's decoder;
 //! - serde_json accepts a subset of the documents Go's `encoding/json` does
 //!   (it refuses invalid UTF-8, lone surrogates, deep nesting, which Go
-//!   takes) and parses the same values from them;
+//!   takes) and parses the same values from them, except that it skips
+//!   unknown members however deep they nest, where Go stops at 10,000
+//!   levels: segments with more than a few dozen brackets are declined;
 //! - a claim name that only case-insensitively matches a registered one
 //!   (`EXP`), a repeated claim, a `null`, a numeric string where Go reads a
 //!   number, or `kubernetes.io` of an unexpected shape: declined, because Go
@@ -31,12 +33,12 @@ pub(super) fn parse(token: &[u8]) -> Option<Parsed<'_>> {
     else {
         return None;
     };
-    let header_json = URL_SAFE_NO_PAD.decode(h).ok()?;
+    let header_json = URL_SAFE_NO_PAD.decode(h).ok().filter(|j| shallow(j))?;
     let header: FastHeader = serde_json::from_slice(&header_json).ok()?;
     if !GO_JWT_METHODS.contains(&header.alg.as_str()) {
         return None;
     }
-    let claims_json = URL_SAFE_NO_PAD.decode(c).ok()?;
+    let claims_json = URL_SAFE_NO_PAD.decode(c).ok().filter(|j| shallow(j))?;
     let claims: FastClaims = serde_json::from_slice(&claims_json).ok()?;
     Some(Parsed {
         header: Header {
@@ -48,6 +50,17 @@ pub(super) fn parse(token: &[u8]) -> Option<Parsed<'_>> {
         signing_input: &text[..h.len() + 1 + c.len()],
         signature,
     })
+}
+
+/// Opening brackets a segment may hold for the fast path: serde_json skips
+/// unknown members without a depth limit, while Go refuses nesting past
+/// 10,000 levels; a projected token nests three levels, so anything with
+/// many brackets (counted anywhere, strings included) goes to the
+/// Go-compatible parse.
+const MAX_BRACKETS: usize = 64;
+
+fn shallow(json: &[u8]) -> bool {
+    json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_BRACKETS
 }
 
 /// The header as Go reads it from its map (exact, case-sensitive keys).

@@ -143,7 +143,7 @@ fn registered_claims(v: &Value) -> Result<Claims, String> {
         if key == "kubernetes.io" {
             match value {
                 Value::Null => claims.kubernetes = None,
-                _ => match serde_json::from_value::<KubernetesClaims>(to_serde(value)) {
+                _ => match serde_json::from_value::<KubernetesClaims>(to_serde(value, 0)) {
                     Ok(k) => {
                         claims.kubernetes = Some(k);
                         claims.kubernetes_malformed = false;
@@ -281,21 +281,38 @@ fn is_go_number(s: &str) -> bool {
     i == b.len()
 }
 
-fn to_serde(v: &Value) -> serde_json::Value {
+/// `kubernetes.io` for serde, cut at [`KUBERNETES_DEPTH`]: the claims
+/// read there are at most two containers deep (`kubernetes.io.pod.name`), so
+/// a container below that is only ever a type error (where a string is
+/// read) or skipped, whatever it holds; it is kept as an empty container of
+/// its kind. A claim nested to Go's depth limit thus costs no deep copy and
+/// no deep recursion.
+fn to_serde(v: &Value, depth: usize) -> serde_json::Value {
+    let nested = depth < KUBERNETES_DEPTH;
     match v {
         Value::Null => serde_json::Value::Null,
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Number(n) => serde_json::from_str(n).unwrap_or(serde_json::Value::Null),
         Value::String(s) => serde_json::Value::String(s.clone()),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_serde).collect()),
-        Value::Object(members) => serde_json::Value::Object(
+        Value::Array(items) => serde_json::Value::Array(if nested {
+            items.iter().map(|i| to_serde(i, depth + 1)).collect()
+        } else {
+            Vec::new()
+        }),
+        Value::Object(members) => serde_json::Value::Object(if nested {
             members
                 .iter()
-                .map(|(k, v)| (k.clone(), to_serde(v)))
-                .collect(),
-        ),
+                .map(|(k, v)| (k.clone(), to_serde(v, depth + 1)))
+                .collect()
+        } else {
+            serde_json::Map::new()
+        }),
     }
 }
+
+/// Containers below `kubernetes.io` whose contents [`KubernetesClaims`]
+/// reads: the claim itself and its `pod`/`serviceaccount`/`node`.
+const KUBERNETES_DEPTH: usize = 2;
 
 #[cfg(test)]
 mod tests {

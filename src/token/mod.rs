@@ -375,6 +375,53 @@ mod tests {
         );
     }
 
+    /// Claims nested to Go's depth limit (which serde_json's fast path
+    /// declines at 128) are decided by the Go-compatible path without a deep
+    /// stack: building, `kubernetes.io`'s conversion for serde and dropping
+    /// all stay flat (issue #25).
+    #[test]
+    fn deep_claims_with_a_small_stack() {
+        crate::gojson::tests::on_small_stack(|| {
+            let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+            let t = tok(&format!(
+                r#"{{"aud":"pods.eks.amazonaws.com","kubernetes.io":{},"x":{}}}"#,
+                deep(9_999),
+                deep(9_999)
+            ));
+            let claims = parse(t.as_bytes()).expect("Go accepts it").claims;
+            assert!(claims.kubernetes_malformed);
+            assert!(claims.aud.contains("pods.eks.amazonaws.com"));
+            let t = tok(&format!(
+                r#"{{"kubernetes.io":{{"namespace":"ns","pod":{{"name":"p","x":{}}}}}}}"#,
+                deep(9_997)
+            ));
+            let k = parse(t.as_bytes())
+                .unwrap()
+                .claims
+                .kubernetes
+                .expect("well-formed");
+            assert_eq!(k.pod.unwrap().name.as_deref(), Some("p"));
+            // Go refuses past 10,000 levels, in a member nobody reads too
+            // (serde_json, skipping it, did not: the fast path declines).
+            let t = tok(&format!(r#"{{"x":{}}}"#, deep(10_000)));
+            let refused = |t: &str| parse(t.as_bytes()).err().map(|e| e.to_string());
+            assert_eq!(
+                refused(&t).as_deref(),
+                Some(
+                    "Service account token cannot be parsed: token is malformed: could not JSON decode claim: invalid character '[' exceeded max depth"
+                )
+            );
+            let header = format!(r#"{{"alg":"RS256","x":{}}}"#, deep(10_000));
+            let t = format!("{}.{}.c2ln", b64(&header), b64("{}"));
+            assert_eq!(
+                refused(&t).as_deref(),
+                Some(
+                    "Service account token cannot be parsed: token is malformed: could not JSON decode header: invalid character '[' exceeded max depth"
+                )
+            );
+        });
+    }
+
     /// Where the fast path accepts a token, the Go-compatible one parses it
     /// the same: every token of the golang-jwt corpus, and claim shapes the
     /// fast path must decline or agree on.
@@ -411,6 +458,10 @@ mod tests {
         tokens.push(header("RS256", r#","jwk":null"#));
         tokens.push(header("RS256", r#","alg":"none""#));
         tokens.push(header("RS256", r#","kid":5"#));
+        // Nested past Go's limit in members nobody reads.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        tokens.push(header("RS256", &format!(r#","x":{deep}"#)));
+        tokens.push(tok(&format!(r#"{{"x":{deep}}}"#)).into_bytes());
         let mut fast_accepted = 0;
         for t in &tokens {
             let Some(f) = fast::parse(t) else { continue };
