@@ -990,3 +990,150 @@ fn mutator_survives_tiny_inputs() {
         }
     }
 }
+
+/// A key source at `http://127.0.0.1:<port>/openid/v1/jwks` (the API server
+/// form) answering `doc`; while a hold is set, each answer waits for it.
+struct SlowKeys {
+    url: String,
+    doc: std::sync::Mutex<String>,
+    hold: std::sync::Mutex<Hold>,
+    release: tokio::sync::Notify,
+    requests: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Hold {
+    None,
+    /// Until `release` is notified.
+    UntilReleased,
+    /// For this long (tokio's clock: paused in tests).
+    For(Duration),
+}
+
+impl SlowKeys {
+    async fn start(doc: String) -> Arc<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let keys = Arc::new(SlowKeys {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            doc: std::sync::Mutex::new(doc),
+            hold: std::sync::Mutex::new(Hold::None),
+            release: tokio::sync::Notify::new(),
+            requests: tokio::sync::watch::channel(0).0,
+        });
+        let server = Arc::downgrade(&keys);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let Some(keys) = server.upgrade() else { return };
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let hold = *keys.hold.lock().unwrap();
+                    keys.requests.send_modify(|n| *n += 1);
+                    match hold {
+                        Hold::None => {}
+                        Hold::UntilReleased => keys.release.notified().await,
+                        Hold::For(d) => tokio::time::sleep(d).await,
+                    }
+                    let doc = keys.doc.lock().unwrap().clone();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                        doc.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        keys
+    }
+
+    fn requests(&self) -> u64 {
+        *self.requests.borrow()
+    }
+
+    fn store(&self, refetch_interval: Duration) -> Arc<pod_identity_agent::jwks::KeyStore> {
+        use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
+        let token = tmp("token");
+        std::fs::write(&token, "sa-token").unwrap();
+        Arc::new(
+            KeyStore::new(
+                KeyStoreConfig {
+                    source: KeySource::ApiServer {
+                        base_url: self.url.clone(),
+                        sa_dir: token.parent().unwrap().to_owned(),
+                    },
+                    ca_file: None,
+                    cache_path: None,
+                    refetch_interval,
+                },
+                Arc::new(pod_identity_agent::metrics::Metrics::new()),
+            )
+            .unwrap(),
+        )
+    }
+}
+
+/// A refetch for an unknown kid runs in its own task: a client that sends
+/// the kid and hangs up cancelled it (and used up the refetch interval), so
+/// a newly published key was refused until the periodic refresh (issue #25).
+#[tokio::test]
+async fn a_client_hanging_up_cannot_cancel_a_key_refetch() {
+    use pod_identity_agent::jwks::KeyLookup;
+
+    let issuer = Issuer::generate("https://issuer.example").unwrap();
+    let keys = SlowKeys::start(issuer.jwks().to_string()).await;
+    let store = keys.store(Duration::from_secs(3600));
+    store.initial_load().await.unwrap();
+    let new_kid = issuer.rotate().unwrap();
+    *keys.doc.lock().unwrap() = issuer.jwks().to_string();
+    *keys.hold.lock().unwrap() = Hold::UntilReleased;
+
+    let hung_up = {
+        let (store, kid) = (store.clone(), new_kid.clone());
+        tokio::spawn(async move { store.lookup(&kid).await })
+    };
+    let mut requests = keys.requests.subscribe();
+    requests.wait_for(|n| *n == 2).await.unwrap();
+    hung_up.abort();
+    assert!(hung_up.await.is_err_and(|e| e.is_cancelled()));
+    keys.release.notify_one();
+
+    assert!(
+        matches!(store.lookup(&new_kid).await, KeyLookup::Found(_)),
+        "the refetch the client started finished without it"
+    );
+    assert_eq!(keys.requests(), 2, "one refetch");
+}
+
+/// The refetch interval starts when a refetch finishes: a fetch slower than
+/// the interval does not leave the next unknown kid free to fetch again.
+#[tokio::test(start_paused = true)]
+async fn the_refetch_interval_starts_when_the_fetch_finishes() {
+    use pod_identity_agent::jwks::KeyLookup;
+
+    let issuer = Issuer::generate("https://issuer.example").unwrap();
+    let keys = SlowKeys::start(issuer.jwks().to_string()).await;
+    let store = keys.store(Duration::from_secs(2));
+    store.initial_load().await.unwrap();
+    let new_kid = issuer.rotate().unwrap();
+    *keys.doc.lock().unwrap() = issuer.jwks().to_string();
+    *keys.hold.lock().unwrap() = Hold::For(Duration::from_secs(3));
+
+    let started = tokio::time::Instant::now();
+    assert!(matches!(store.lookup(&new_kid).await, KeyLookup::Found(_)));
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the fetch was slow"
+    );
+    assert!(matches!(store.lookup("another").await, KeyLookup::Unknown));
+    assert_eq!(keys.requests(), 2, "no refetch within 2 s of the last one");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(matches!(store.lookup("another").await, KeyLookup::Unknown));
+    assert_eq!(keys.requests(), 3, "the interval has passed");
+}

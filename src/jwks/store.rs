@@ -2,9 +2,12 @@
 //! last-known-good copy on disk.
 //!
 //! Refetch rules: an unknown `kid` triggers at most one fetch per
-//! `--jwks-refetch-interval`; concurrent lookups queue on one async mutex and
-//! re-check the key set after it, so a storm of unknown kids makes one fetch.
-//! A periodic refresh picks up rotation without unknown kids. Every fetched
+//! `--jwks-refetch-interval`, counted from when the last such fetch
+//! finished (a slow fetch does not use up the interval it ran in). The
+//! fetch runs in its own task: the lookups waiting for it are joined to it,
+//! and one whose client hangs up cannot cancel it, so a storm of unknown
+//! kids makes one fetch and a hostile caller cannot waste the interval. A
+//! periodic refresh picks up rotation without unknown kids. Every fetched
 //! set is written to `--jwks-cache-path` (atomically) and loaded from there
 //! at start when the source is unreachable.
 //!
@@ -16,9 +19,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::set::{Key, Keys, parse_jwks};
@@ -33,75 +39,176 @@ pub struct KeyStoreConfig {
     pub refetch_interval: Duration,
 }
 
+/// Cheap to share: the state lives behind one `Arc`, which the refetch
+/// task holds while it runs.
 pub struct KeyStore {
+    state: Arc<State>,
+}
+
+struct State {
     fetcher: Fetcher,
     cache_path: Option<PathBuf>,
     refetch_interval: Duration,
     keys: RwLock<Arc<Keys>>,
     loaded: AtomicBool,
     generation: AtomicU64,
-    /// Held while fetching; the time of the last fetch caused by an
-    /// unknown kid (periodic and initial loads do not count, so a key
-    /// published just after one is still fetched at once).
-    fetch_lock: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while fetching (one fetch at a time, whatever caused it).
+    fetch_lock: tokio::sync::Mutex<()>,
+    refetch: Mutex<Refetch>,
     metrics: Arc<Metrics>,
+}
+
+/// Refetches caused by unknown kids (periodic and initial loads do not
+/// count, so a key published just after one is still fetched at once).
+#[derive(Default)]
+struct Refetch {
+    /// When the last one finished.
+    finished: Option<Instant>,
+    /// The one running, for lookups to wait on.
+    running: Option<Shared<BoxFuture<'static, ()>>>,
+}
+
+/// Ends a refetch however its task ends (a panic included): the interval
+/// starts now, lookups stop joining it, and its waiters wake.
+struct RefetchDone {
+    state: Arc<State>,
+    /// Dropped after `drop` below has run: wakes the waiters.
+    _ended: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for RefetchDone {
+    fn drop(&mut self) {
+        let mut refetch = self
+            .state
+            .refetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        refetch.finished = Some(Instant::now());
+        refetch.running = None;
+    }
 }
 
 impl KeyStore {
     pub fn new(config: KeyStoreConfig, metrics: Arc<Metrics>) -> Result<Self, JwksError> {
         Ok(Self {
-            fetcher: Fetcher::new(config.source, config.ca_file.as_deref())?,
-            cache_path: config.cache_path,
-            refetch_interval: config.refetch_interval,
-            keys: RwLock::new(Arc::new(Keys::new())),
-            loaded: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            fetch_lock: tokio::sync::Mutex::new(None),
-            metrics,
+            state: Arc::new(State {
+                fetcher: Fetcher::new(config.source, config.ca_file.as_deref())?,
+                cache_path: config.cache_path,
+                refetch_interval: config.refetch_interval,
+                keys: RwLock::new(Arc::new(Keys::new())),
+                loaded: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                refetch: Mutex::new(Refetch::default()),
+                metrics,
+            }),
         })
     }
 
     /// True once any key set was loaded (from the source or from disk).
     pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        self.state.loaded()
     }
 
     /// See the module invariant.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    fn current(&self) -> Arc<Keys> {
-        self.keys.read().expect("key lock poisoned").clone()
+        self.state.generation.load(Ordering::Acquire)
     }
 
     pub async fn lookup(&self, kid: &str) -> KeyLookup {
-        if let Some(k) = self.current().get(kid) {
+        if let Some(k) = self.state.current().get(kid) {
             return KeyLookup::Found(k.clone());
         }
-        {
-            let mut last = self.fetch_lock.lock().await;
-            // Someone else may have fetched while we queued.
-            if let Some(k) = self.current().get(kid) {
-                return KeyLookup::Found(k.clone());
-            }
-            let recent = last.is_some_and(|t| t.elapsed() < self.refetch_interval);
-            if !recent {
-                *last = Some(Instant::now());
-                if let Err(err) = self.fetch_and_install().await {
-                    warn!(error = %err, "refetching signing keys for an unknown key id failed");
-                }
-            }
+        if let Some(refetch) = self.refetch() {
+            refetch.await;
         }
-        match self.current().get(kid) {
+        match self.state.current().get(kid) {
             Some(k) => KeyLookup::Found(k.clone()),
             None if self.loaded() => KeyLookup::Unknown,
             None => KeyLookup::NoKeys,
         }
     }
 
+    /// The refetch an unknown kid may wait for: the one running, else a new
+    /// one in its own task unless the interval since the last one finished
+    /// has not passed (`None`: nothing to wait for).
+    fn refetch(&self) -> Option<Shared<BoxFuture<'static, ()>>> {
+        let (ended, running) = {
+            let mut refetch = self.state.refetch.lock().expect("refetch lock poisoned");
+            if let Some(running) = &refetch.running {
+                return Some(running.clone());
+            }
+            if refetch
+                .finished
+                .is_some_and(|t| t.elapsed() < self.state.refetch_interval)
+            {
+                return None;
+            }
+            // Waiters wake when the task drops `ended`, after `RefetchDone`
+            // has recorded the end.
+            let (ended, wait) = tokio::sync::oneshot::channel::<()>();
+            let running = async move {
+                let _ = wait.await;
+            }
+            .boxed()
+            .shared();
+            refetch.running = Some(running.clone());
+            (ended, running)
+        };
+        let done = RefetchDone {
+            state: self.state.clone(),
+            _ended: ended,
+        };
+        tokio::spawn(async move {
+            let state = &done.state;
+            let fetching = state.fetch_lock.lock().await;
+            if let Err(err) = state.fetch_and_install().await {
+                warn!(error = %err, "refetching signing keys for an unknown key id failed");
+            }
+            drop(fetching);
+            drop(done);
+        });
+        Some(running)
+    }
+
     /// First load at start: the source, else the last-known-good copy.
     pub async fn initial_load(&self) -> Result<(), JwksError> {
+        self.state.initial_load().await
+    }
+
+    /// Periodic refresh: HTTP sources every `interval`, file sources when
+    /// their mtime changes (checked every `interval`).
+    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                state.refresh().await;
+            }
+        })
+    }
+
+    /// One periodic refresh (tests call it directly instead of waiting).
+    pub async fn refresh(&self) {
+        self.state.refresh().await
+    }
+}
+
+impl State {
+    /// True once any key set was loaded (from the source or from disk).
+    fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn current(&self) -> Arc<Keys> {
+        self.keys.read().expect("key lock poisoned").clone()
+    }
+
+    async fn initial_load(&self) -> Result<(), JwksError> {
         let _guard = self.fetch_lock.lock().await;
         let err = match self.fetch_and_install().await {
             Ok(()) => return Ok(()),
@@ -131,24 +238,7 @@ impl KeyStore {
         }
     }
 
-    /// Periodic refresh: HTTP sources every `interval`, file sources when
-    /// their mtime changes (checked every `interval`).
-    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = weak.upgrade() else { return };
-                store.refresh().await;
-            }
-        })
-    }
-
-    /// One periodic refresh (tests call it directly instead of waiting).
-    pub async fn refresh(&self) {
+    async fn refresh(&self) {
         if self.fetcher.file_unchanged() {
             return;
         }
