@@ -22,27 +22,6 @@ pub(crate) fn host_prefix(ip: IpAddr) -> u8 {
     }
 }
 
-/// Whether `net/prefix_len` contains `ip`. Different families never contain
-/// each other; a prefix longer than the family's width contains nothing.
-pub(crate) fn contains(net: IpAddr, prefix_len: u8, ip: IpAddr) -> bool {
-    fn masked_eq(a: u128, b: u128, bits: u32, prefix_len: u8) -> bool {
-        let prefix_len = u32::from(prefix_len);
-        if prefix_len > bits {
-            return false;
-        }
-        let shift = bits - prefix_len;
-        // A /0 shifts by the full width, which `checked_shr` reports as None.
-        (a ^ b).checked_shr(shift).unwrap_or(0) == 0
-    }
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            masked_eq(u32::from(n).into(), u32::from(i).into(), 32, prefix_len)
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) => masked_eq(n.into(), i.into(), 128, prefix_len),
-        _ => false,
-    }
-}
-
 /// The address an `ifaddrmsg` assigns to its interface. `IFA_LOCAL` wins
 /// because on point-to-point IPv4 links `IFA_ADDRESS` is the peer.
 fn local_address(msg: &AddressMessage) -> Option<IpAddr> {
@@ -57,16 +36,18 @@ fn local_address(msg: &AddressMessage) -> Option<IpAddr> {
     address
 }
 
-/// Whether any of `addresses` already covers `ip`.
-pub(crate) fn covered_by(addresses: &[AddressMessage], ip: IpAddr) -> bool {
-    addresses
-        .iter()
-        .any(|msg| local_address(msg).is_some_and(|net| contains(net, msg.header.prefix_len, ip)))
+/// Whether one of `addresses` assigns `ip` itself (with any prefix
+/// length). One that only covers it (`169.254.170.1/24` for
+/// 169.254.170.23) does not count: the kernel binds only to assigned
+/// addresses, so the agent could not listen (EADDRNOTAVAIL). Upstream
+/// accepts a covering address; we deliberately do not.
+pub(crate) fn assigned(addresses: &[AddressMessage], ip: IpAddr) -> bool {
+    addresses.iter().any(|msg| local_address(msg) == Some(ip))
 }
 
-/// Adds `ip` as a host address on `link` unless an address there already
-/// contains it. IPv6 addresses get `IFA_F_NODAD`: the link has no neighbours
-/// to detect a duplicate, and a tentative address cannot be bound.
+/// Adds `ip` as a host address on `link` unless it is already assigned
+/// there. IPv6 addresses get `IFA_F_NODAD`: the link has no neighbours to
+/// detect a duplicate, and a tentative address cannot be bound.
 pub(crate) async fn ensure(handle: &Handle, link: &Link, ip: IpAddr) -> Result<Change, InitError> {
     let prefix = host_prefix(ip);
     let target = || format!("{ip}/{prefix} on {}", link.name);
@@ -78,7 +59,7 @@ pub(crate) async fn ensure(handle: &Handle, link: &Link, ip: IpAddr) -> Result<C
         .try_collect()
         .await
         .map_err(|e| InitError::from_netlink("list addresses", target(), e))?;
-    if covered_by(&existing, ip) {
+    if assigned(&existing, ip) {
         return Ok(Change::Present);
     }
     let mut request = handle.address().add(link.index, ip, prefix);
@@ -117,51 +98,20 @@ mod tests {
     }
 
     #[test]
-    fn host_prefixes_contain_only_themselves() {
-        assert!(contains(ip("169.254.170.23"), 32, ip("169.254.170.23")));
-        assert!(!contains(ip("169.254.170.22"), 32, ip("169.254.170.23")));
-        assert!(contains(ip("fd00:ec2::23"), 128, ip("fd00:ec2::23")));
-        assert!(!contains(ip("fd00:ec2::22"), 128, ip("fd00:ec2::23")));
-    }
-
-    #[test]
-    fn wider_prefixes_contain_their_members() {
-        assert!(contains(ip("169.254.170.0"), 24, ip("169.254.170.23")));
-        assert!(contains(ip("169.254.170.1"), 24, ip("169.254.170.23")));
-        assert!(contains(ip("169.254.0.0"), 16, ip("169.254.170.23")));
-        assert!(!contains(ip("169.254.171.0"), 24, ip("169.254.170.23")));
-        assert!(contains(ip("fd00:ec2::"), 64, ip("fd00:ec2::23")));
-        assert!(!contains(ip("fd00:ec3::"), 64, ip("fd00:ec2::23")));
-        assert!(contains(ip("fd00::"), 8, ip("fd00:ec2::23")));
-    }
-
-    #[test]
-    fn zero_prefix_contains_the_whole_family() {
-        assert!(contains(ip("0.0.0.0"), 0, ip("169.254.170.23")));
-        assert!(contains(ip("10.1.2.3"), 0, ip("169.254.170.23")));
-        assert!(contains(ip("::"), 0, ip("fd00:ec2::23")));
-    }
-
-    #[test]
-    fn families_and_bad_prefixes_never_match() {
-        assert!(!contains(ip("::"), 0, ip("169.254.170.23")));
-        assert!(!contains(ip("0.0.0.0"), 0, ip("fd00:ec2::23")));
-        assert!(!contains(
-            ip("::ffff:169.254.170.23"),
-            128,
-            ip("169.254.170.23")
+    fn only_the_address_itself_counts() {
+        let ours = ip("169.254.170.23");
+        assert!(assigned(&[msg("169.254.170.23", 32)], ours));
+        assert!(assigned(&[msg("169.254.170.23", 24)], ours));
+        // Covering is not assigning: nothing could bind 169.254.170.23.
+        assert!(!assigned(&[msg("169.254.170.1", 24)], ours));
+        assert!(!assigned(
+            &[msg("0.0.0.0", 0), msg("169.254.0.0", 16)],
+            ours
         ));
-        assert!(!contains(ip("169.254.170.23"), 33, ip("169.254.170.23")));
-        assert!(!contains(ip("fd00:ec2::23"), 129, ip("fd00:ec2::23")));
-    }
-
-    #[test]
-    fn covered_by_existing_addresses() {
-        let existing = vec![msg("10.0.0.1", 8), msg("169.254.170.1", 24)];
-        assert!(covered_by(&existing, ip("169.254.170.23")));
-        assert!(!covered_by(&existing, ip("fd00:ec2::23")));
-        assert!(!covered_by(&[msg("fe80::1", 64)], ip("fd00:ec2::23")));
-        assert!(!covered_by(&[], ip("169.254.170.23")));
+        assert!(!assigned(&[msg("fd00:ec2::1", 64)], ip("fd00:ec2::23")));
+        assert!(assigned(&[msg("fd00:ec2::23", 64)], ip("fd00:ec2::23")));
+        assert!(!assigned(&[msg("::ffff:169.254.170.23", 128)], ours));
+        assert!(!assigned(&[], ours));
     }
 
     #[test]
@@ -170,6 +120,6 @@ mod tests {
         let mut m = msg("10.9.9.9", 32);
         m.attributes
             .insert(0, AddressAttribute::Address(ip("169.254.170.23")));
-        assert!(!covered_by(&[m], ip("169.254.170.23")));
+        assert!(!assigned(&[m], ip("169.254.170.23")));
     }
 }

@@ -358,9 +358,14 @@ fn remove_deletes_the_link_and_is_idempotent() {
     assert_exit(&ns.init(&["--remove"]), 0);
 }
 
+/// An address that only covers the agent's (`169.254.170.1/24`) does not
+/// make it bindable: init adds the /32 and /128 beside it, and the server
+/// can bind both (it used to report success and leave the agent unable to
+/// bind: EADDRNOTAVAIL; issue #25). Upstream reuses a covering address; we
+/// deliberately do not.
 #[test]
-fn existing_covering_addresses_are_reused() {
-    if !privileged("existing_covering_addresses_are_reused") {
+fn covering_addresses_do_not_stand_for_the_agents() {
+    if !privileged("covering_addresses_do_not_stand_for_the_agents") {
         return;
     }
     let ns = Netns::new("cover");
@@ -371,18 +376,51 @@ fn existing_covering_addresses_are_reused() {
     let out = ns.init(&[]);
     assert_exit(&out, 0);
     let addrs = ns.addresses();
-    assert!(!has_address(&addrs, V4, 32), "duplicate IPv4: {addrs:?}");
-    assert!(
-        !addrs.iter().any(|a| a["local"] == V6),
-        "duplicate IPv6: {addrs:?}"
-    );
-    assert!(has_address(&addrs, "169.254.170.1", 24));
-    assert!(has_address(&addrs, "fd00:ec2::1", 64));
+    assert!(has_address(&addrs, V4, 32), "{addrs:?}");
+    assert!(has_address(&addrs, V6, 128), "{addrs:?}");
+    assert!(has_address(&addrs, "169.254.170.1", 24), "left alone");
+    assert!(has_address(&addrs, "fd00:ec2::1", 64), "left alone");
     assert_eq!(route_devs(&ns.routes("-4"), V4), [LINK]);
     assert_eq!(route_devs(&ns.routes("-6"), V6), [LINK]);
     let link = ns.link().unwrap();
     assert_eq!(link["linkinfo"]["info_kind"], "ifb");
     assert!(flags(&link).contains("UP"));
+    assert_binds(&ns);
+    // A second run finds the agent's own addresses and changes nothing.
+    let before = ns.snapshot();
+    assert_exit(&ns.init(&[]), 0);
+    assert_eq!(ns.snapshot(), before);
+}
+
+/// The agent's own address with a wider prefix is the agent's address:
+/// reused, no /32 beside it.
+#[test]
+fn the_agents_address_with_a_wider_prefix_is_reused() {
+    if !privileged("the_agents_address_with_a_wider_prefix_is_reused") {
+        return;
+    }
+    let ns = Netns::new("wide");
+    ns.ip(&["link", "add", LINK, "type", "ifb"]);
+    ns.ip(&["addr", "add", &format!("{V4}/24"), "dev", LINK]);
+    ns.ip(&["addr", "add", &format!("{V6}/64"), "dev", LINK, "nodad"]);
+    assert_exit(&ns.init(&[]), 0);
+    let addrs = ns.addresses();
+    assert!(!has_address(&addrs, V4, 32), "duplicate IPv4: {addrs:?}");
+    assert!(!has_address(&addrs, V6, 128), "duplicate IPv6: {addrs:?}");
+    assert!(has_address(&addrs, V4, 24));
+    assert!(has_address(&addrs, V6, 64));
+    assert_binds(&ns);
+}
+
+/// What the server needs from init: a TCP listener on each agent address.
+fn assert_binds(ns: &Netns) {
+    ns.enter(|| {
+        for addr in [format!("{V4}:0"), format!("[{V6}]:0")] {
+            if let Err(e) = std::net::TcpListener::bind(&addr) {
+                panic!("cannot bind {addr} after init: {e}");
+            }
+        }
+    });
 }
 
 fn args(kind: LinkKind) -> InitArgs {
