@@ -190,9 +190,11 @@ impl Handler for Admin {
             "/metrics" if self.metrics.is_some() => {
                 let metrics = self.metrics.as_ref().expect("checked above");
                 // Readiness as a metric, for alerting without kube-state-metrics:
-                // the kubelet's last /readyz, not a check of its own (that would
-                // add the check's 404s to pod_identity_http_response on every
-                // scrape). Absent until the first readiness probe.
+                // the last /readyz check, whoever asked (the kubelet's probe, or
+                // anyone reaching /readyz on the probe port, on this metrics
+                // port or over the probe socket), not a check of its own (that
+                // would add the check's 404s to pod_identity_http_response on
+                // every scrape). Absent until the first check.
                 if let Some(ready) = self.probes.last_ready() {
                     metrics
                         .ready
