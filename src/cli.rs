@@ -34,6 +34,7 @@ pub enum Command {
     /// Serve pod credentials on the link-local agent addresses.
     Server(ServerArgs),
     /// Create the pod-id-link0 link, its addresses and routes; set tcp_migrate_req (privileged).
+    #[cfg(feature = "node-init")]
     Initialize(InitializeArgs),
     /// Print the version (upstream's `version` subcommand).
     Version,
@@ -41,6 +42,7 @@ pub enum Command {
     Probe(ProbeArgs),
 }
 
+#[cfg(feature = "node-init")]
 #[derive(Debug, Clone, Args)]
 pub struct InitializeArgs {
     #[command(flatten)]

@@ -32,9 +32,15 @@
 //!
 //! Node init (`initialize`) lives in the separate `pod-identity-init` crate;
 //! the token issuer, EKS Auth emulator and demo in the `testkit` crate.
+//!
+//! Features (both default): `aws-sdk` (the EKS Auth client, [`app`],
+//! [`ca_bundle`], [`rotating`]) and `node-init` (`initialize`). The fuzz
+//! targets (`fuzz/`) build without them.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "aws-sdk")]
 pub mod app;
+#[cfg(feature = "aws-sdk")]
 pub mod ca_bundle;
 pub mod cache;
 pub mod cli;
@@ -55,6 +61,7 @@ pub mod probe;
 pub mod probe_socket;
 pub mod ratelimit;
 pub mod reuseport;
+#[cfg(feature = "aws-sdk")]
 pub mod rotating;
 pub mod serve;
 pub mod token;

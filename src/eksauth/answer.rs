@@ -5,8 +5,9 @@
 use super::error::{EksAuthError, Fault, Modeled};
 use crate::gojson::{self, Value};
 
-/// Reads an error answer as aws-sdk-go-v2's eksauth deserializer does.
-pub(super) fn from_answer(
+/// Reads an error answer (its status, `X-Amzn-ErrorType` code and body) as
+/// aws-sdk-go-v2's eksauth deserializer does. Public for the fuzz targets.
+pub fn from_answer(
     status: u16,
     request_id: String,
     header_code: &str,

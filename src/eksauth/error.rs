@@ -13,13 +13,22 @@
 //! non-object, wrong value types) gives just `[<request-id>]`. The pod gets
 //! EKS Auth's status and `[<request-id>]: (<Code>): <message>, fault: <fault>`.
 
-use aws_sdk_eksauth::error::{DisplayErrorContext, SdkError};
+#[cfg(feature = "aws-sdk")]
+use aws_sdk_eksauth::error::SdkError;
+#[cfg(feature = "aws-sdk")]
 use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityError;
+#[cfg(feature = "aws-sdk")]
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::credentials::{ArnError, ExpirationOutOfRange};
 
+#[cfg(feature = "aws-sdk")]
 pub(super) type Sdk = SdkError<AssumeRoleForPodIdentityError, HttpResponse>;
+/// Without the SDK (the fuzz targets) no call is made: the variants that
+/// carry its errors cannot occur.
+#[cfg(not(feature = "aws-sdk"))]
+pub(super) type Sdk = std::convert::Infallible;
 
 /// The error codes of the EKS Auth service model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +230,7 @@ impl EksAuthError {
 }
 
 /// The request id EKS Auth sent, or empty.
+#[cfg(feature = "aws-sdk")]
 fn request_id(raw: &HttpResponse) -> String {
     ["x-amzn-requestid", "x-amz-requestid"]
         .iter()
@@ -229,6 +239,7 @@ fn request_id(raw: &HttpResponse) -> String {
         .to_owned()
 }
 
+#[cfg(feature = "aws-sdk")]
 pub(super) fn classify(err: Sdk) -> EksAuthError {
     match &err {
         // A 2xx that failed to deserialize surfaces as an unhandled service

@@ -17,25 +17,39 @@
 //! `HTTP(S)_PROXY`/`NO_PROXY` (behavior version ≥ 2025-08-07), endpoint from
 //! `--endpoint` or `AWS_ENDPOINT_URL_EKS_AUTH`.
 
+#[cfg(feature = "aws-sdk")]
 use std::sync::Arc;
+#[cfg(feature = "aws-sdk")]
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "aws-sdk")]
 use aws_config::BehaviorVersion;
+#[cfg(feature = "aws-sdk")]
 use aws_config::retry::RetryConfig;
+#[cfg(feature = "aws-sdk")]
 use aws_config::timeout::TimeoutConfig;
+#[cfg(feature = "aws-sdk")]
 use aws_credential_types::provider::SharedCredentialsProvider;
+#[cfg(feature = "aws-sdk")]
 use aws_sdk_eksauth::operation::RequestId;
+#[cfg(feature = "aws-sdk")]
 use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityOutput;
+#[cfg(feature = "aws-sdk")]
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
-use crate::credentials::{Credentials, Secret, account_from_arn};
+use crate::credentials::Credentials;
+#[cfg(feature = "aws-sdk")]
+use crate::credentials::{Secret, account_from_arn};
+#[cfg(feature = "aws-sdk")]
 use crate::metrics::Metrics;
 
-mod answer;
+pub mod answer;
 mod error;
 mod gate;
+#[cfg(feature = "aws-sdk")]
 mod retry;
 
+#[cfg(feature = "aws-sdk")]
 use error::classify;
 pub use error::{EksAuthError, Fault, Modeled};
 pub use gate::{CallGate, CallGateConfig, Class, Saturated};
@@ -50,6 +64,7 @@ pub trait Upstream: Send + Sync + 'static {
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+#[cfg(feature = "aws-sdk")]
 impl Upstream for EksAuth {
     fn assume<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>> {
         Box::pin(EksAuth::assume(self, token))
@@ -60,6 +75,7 @@ impl Upstream for EksAuth {
     }
 }
 
+#[cfg(feature = "aws-sdk")]
 #[derive(Clone)]
 pub struct EksAuthConfig {
     pub cluster_name: String,
@@ -81,6 +97,7 @@ pub struct Issued {
     pub request_id: Option<String>,
 }
 
+#[cfg(feature = "aws-sdk")]
 #[derive(Clone)]
 pub struct EksAuth {
     client: aws_sdk_eksauth::Client,
@@ -88,6 +105,7 @@ pub struct EksAuth {
     metrics: Arc<Metrics>,
 }
 
+#[cfg(feature = "aws-sdk")]
 impl EksAuth {
     pub async fn new(config: EksAuthConfig, metrics: Arc<Metrics>) -> Self {
         Self::with_http_client(config, None, metrics).await
@@ -155,6 +173,7 @@ impl EksAuth {
     }
 }
 
+#[cfg(feature = "aws-sdk")]
 fn issued(out: AssumeRoleForPodIdentityOutput) -> Result<Issued, EksAuthError> {
     let request_id = out.request_id().map(str::to_owned);
     // The SDK fills missing required members with defaults (smithy error
