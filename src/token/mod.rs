@@ -463,6 +463,10 @@ mod tests {
             r#"{"exp":null}"#,
             r#"{"exp":"100"}"#,
             r#"{"exp":1.9,"nbf":-1.5,"iat":1e20}"#,
+            // Found by fuzz/token: serde_json's default float parsing
+            // rounded this to 10000000000000002, Go's to 1e16.
+            r#"{"exp":4102444800,"iat":10000000000000000.9}"#,
+            r#"{"nbf":9007199254740993.5,"exp":1.7976931348623157e308}"#,
             r#"{"aud":[],"jti":5}"#,
             r#"{"kubernetes.io":{"pod":"p"}}"#,
             r#"{"kubernetes.io":{"pod":{"name":"p","uid":"u"},"pod":{"name":"q"}}}"#,
