@@ -79,13 +79,15 @@ fn admission(c: &mut Criterion) {
         KeyStore::new(
             KeyStoreConfig {
                 source: KeySource::File(jwks),
-                ca_file: None,
+                client: pod_identity_agent::https::HttpsClient::new(
+                    &pod_identity_agent::https::Trust::system(),
+                    pod_identity_agent::https::ProxyConfig::disabled(),
+                ),
                 cache_path: None,
                 refetch_interval: Duration::from_secs(3600),
             },
             metrics.clone(),
-        )
-        .expect("key store"),
+        ),
     );
     rt.block_on(store.initial_load()).expect("loading the JWKS");
     let distinct = tokens(&issuer, 256);

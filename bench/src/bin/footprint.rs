@@ -231,13 +231,15 @@ fn main() {
             KeyStore::new(
                 KeyStoreConfig {
                     source: KeySource::File(jwks),
-                    ca_file: None,
+                    client: pod_identity_agent::https::HttpsClient::new(
+                    &pod_identity_agent::https::Trust::system(),
+                    pod_identity_agent::https::ProxyConfig::disabled(),
+                ),
                     cache_path: None,
                     refetch_interval: Duration::from_secs(3600),
                 },
                 Arc::new(Metrics::new()),
-            )
-            .expect("key store"),
+            ),
         );
         store.initial_load().await.expect("keys");
         store
