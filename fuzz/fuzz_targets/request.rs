@@ -24,6 +24,7 @@ use pod_identity_agent::credentials::{Credentials, Secret};
 use pod_identity_agent::eksauth::answer::from_answer;
 use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
 use pod_identity_agent::endpoint::CredentialEndpoint;
+use pod_identity_agent::https::{HttpsClient, ProxyConfig, Trust};
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
 use pod_identity_agent::ratelimit::{Rate, RateLimiter};
@@ -118,13 +119,13 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
             let store = KeyStore::new(
                 KeyStoreConfig {
                     source: KeySource::File(path.into()),
-                    ca_file: None,
+                    // File sources fetch nothing over HTTPS.
+                    client: HttpsClient::new(&Trust::private(), ProxyConfig::disabled()),
                     cache_path: None,
                     refetch_interval: Duration::from_secs(3600),
                 },
                 metrics.clone(),
-            )
-            .expect("key store");
+            );
             store
                 .initial_load()
                 .await

@@ -265,7 +265,9 @@ pub fn paths_agree(token: &[u8]) -> Result<(), String> {
     };
     let (fast, go) = (shown(&fast), shown(&go));
     if fast != go {
-        return Err(format!("the parses differ: fast {fast}, Go-compatible {go}"));
+        return Err(format!(
+            "the parses differ: fast {fast}, Go-compatible {go}"
+        ));
     }
     Ok(())
 }
