@@ -94,7 +94,10 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
     let credentials = match credentials {
         Some(c) => Some(c),
         None if args.rotate_credentials => Some(SharedCredentialsProvider::new(
-            crate::rotating::SharedFileCredentials::from_env(&env, args.credentials_reload_interval),
+            crate::rotating::SharedFileCredentials::from_env(
+                &env,
+                args.credentials_reload_interval,
+            ),
         )),
         None => None,
     };

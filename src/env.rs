@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+/// Looks a variable up by name.
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 #[derive(Clone)]
-pub struct Env(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct Env(Arc<Lookup>);
 
 impl Env {
     pub fn process() -> Self {
@@ -23,7 +26,10 @@ impl Env {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Self(Arc::new(move |name| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }))
     }
 

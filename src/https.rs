@@ -40,10 +40,10 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::{
     RuntimeComponents, RuntimeComponentsBuilder,
 };
-use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -357,9 +357,11 @@ impl HttpsClient {
         let connector = self.connector(
             (settings.connect_timeout(), settings.read_timeout()),
             &settings,
-            Some(aws_smithy_async::rt::sleep::default_async_sleep().ok_or_else(|| {
-                request_err("no async sleep implementation (tokio runtime)".into())
-            })?),
+            Some(
+                aws_smithy_async::rt::sleep::default_async_sleep().ok_or_else(|| {
+                    request_err("no async sleep implementation (tokio runtime)".into())
+                })?,
+            ),
         );
         let mut req = http::Request::get(url).header(http::header::ACCEPT, "application/json");
         if let Some(token) = bearer {

@@ -35,7 +35,6 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod https;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -45,6 +44,7 @@ pub mod eksauth;
 pub mod endpoint;
 pub mod env;
 pub mod gojson;
+pub mod https;
 pub mod instance;
 pub mod jwks;
 pub mod listeners;

@@ -32,7 +32,8 @@ impl SharedFileCredentials {
     }
 
     pub fn from_env(env: &crate::env::Env, interval: Duration) -> Self {
-        let path = env.var("AWS_SHARED_CREDENTIALS_FILE")
+        let path = env
+            .var("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(env.var("HOME").unwrap_or_else(|| "/root".into()))

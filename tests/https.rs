@@ -208,7 +208,11 @@ async fn the_bundle_and_https_proxy_work_together() {
     .await;
     let r = agent.creds(&w.token()).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(proxy.tunnels(&target), 1, "EKS Auth reached through the proxy");
+    assert_eq!(
+        proxy.tunnels(&target),
+        1,
+        "EKS Auth reached through the proxy"
+    );
 }
 
 /// An issuer URL behind a private CA: the keys load with the CA given only
@@ -280,6 +284,9 @@ async fn keys_load_through_the_same_client_as_eks_auth() {
     let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(verified(&agent), 1);
-    assert!(proxy.tunnels(&target) >= 1, "keys fetched through the proxy");
+    assert!(
+        proxy.tunnels(&target) >= 1,
+        "keys fetched through the proxy"
+    );
     let _ = std::fs::remove_file(bundle);
 }

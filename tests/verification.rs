@@ -851,20 +851,18 @@ async fn mutated_tokens_are_never_accepted() {
     let path = tmp("jwks.json");
     std::fs::write(&path, w.issuer.jwks().to_string()).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        KeyStore::new(
-            KeyStoreConfig {
-                source: KeySource::File(path),
-                client: pod_identity_agent::https::HttpsClient::new(
-                    &pod_identity_agent::https::Trust::system(),
-                    pod_identity_agent::https::ProxyConfig::disabled(),
-                ),
-                cache_path: None,
-                refetch_interval: Duration::from_secs(3600),
-            },
-            metrics.clone(),
-        ),
-    );
+    let store = Arc::new(KeyStore::new(
+        KeyStoreConfig {
+            source: KeySource::File(path),
+            client: pod_identity_agent::https::HttpsClient::new(
+                &pod_identity_agent::https::Trust::system(),
+                pod_identity_agent::https::ProxyConfig::disabled(),
+            ),
+            cache_path: None,
+            refetch_interval: Duration::from_secs(3600),
+        },
+        metrics.clone(),
+    ));
     store.initial_load().await.unwrap();
     let gate = |strict| {
         TokenGate::new(
@@ -1002,7 +1000,8 @@ struct InPod {
 
 impl InPod {
     async fn start(w: &World) -> Self {
-        let api = testkit::apiserver::FakeApiServer::start(w.issuer.clone(), "agent-sa-token").await;
+        let api =
+            testkit::apiserver::FakeApiServer::start(w.issuer.clone(), "agent-sa-token").await;
         let sa_dir = tmp("serviceaccount");
         api.write_service_account(&sa_dir).unwrap();
         Self { api, sa_dir }
@@ -1016,8 +1015,11 @@ impl InPod {
         args.extend_from_slice(extra);
         let env: Vec<(&str, String)> = self.api.service_env().into();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        w.agent_with_env(w.agent_args(&args), pod_identity_agent::env::Env::from_pairs(&env))
-            .await
+        w.agent_with_env(
+            w.agent_args(&args),
+            pod_identity_agent::env::Env::from_pairs(&env),
+        )
+        .await
     }
 }
 
@@ -1071,10 +1073,12 @@ async fn when_the_api_server_refuses_the_keys_tokens_are_forwarded() {
     let w = World::start().await;
     let pod = InPod::start(&w).await;
     pod.api.refuse(Some(403));
-    let agent = pod
-        .agent(&w, &["--jwks-refetch-interval", "0s"])
-        .await;
-    assert_eq!(readyz(&agent).await, 200, "readiness does not wait for keys");
+    let agent = pod.agent(&w, &["--jwks-refetch-interval", "0s"]).await;
+    assert_eq!(
+        readyz(&agent).await,
+        200,
+        "readiness does not wait for keys"
+    );
     let r = agent.creds(&w.token("default", "app", "p")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(outcome(&agent, "inconclusive_no_keys"), 1);

@@ -252,7 +252,10 @@ mod tests {
                 sa_dir: with.clone()
             })
         );
-        assert_eq!(resolve_source("auto", None, &without, in_pod).unwrap(), None);
+        assert_eq!(
+            resolve_source("auto", None, &without, in_pod).unwrap(),
+            None
+        );
         assert_eq!(resolve_source("auto", None, &with, |_| None).unwrap(), None);
         assert_eq!(
             resolve_source("auto", Some("https://api:6443"), &with, |_| None).unwrap(),

@@ -28,8 +28,8 @@ use tracing::{info, warn};
 
 use super::set::{Key, Keys, parse_jwks};
 use super::source::{Fetched, Fetcher, KeySource};
-use crate::https::HttpsClient;
 use super::{JwksError, KeyLookup};
+use crate::https::HttpsClient;
 use crate::metrics::Metrics;
 
 pub struct KeyStoreConfig {
@@ -218,7 +218,10 @@ impl KeyStore {
         let mut current_issuer = self.issuer.write().expect("issuer lock poisoned");
         let issuer_changed = current_issuer.as_deref() != issuer.as_deref();
         if issuer_changed {
-            info!(issuer = issuer.as_deref(), "token issuer from the key source");
+            info!(
+                issuer = issuer.as_deref(),
+                "token issuer from the key source"
+            );
             *current_issuer = issuer.map(Into::into);
         }
         let same = |old: &Key| {

@@ -52,7 +52,9 @@ impl FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the fake API server");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let state = Arc::new(State {
             issuer,
             bearer: RwLock::new(bearer.to_owned()),
@@ -183,11 +185,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Resp {
     )
 }
 
-async fn accept_loop(
-    state: Arc<State>,
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-) {
+async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: tokio_rustls::TlsAcceptor) {
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {

@@ -55,7 +55,9 @@ impl ConnectProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the proxy");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let routes: std::collections::HashMap<String, SocketAddr> = routes
             .iter()
             .map(|(host, addr)| ((*host).to_owned(), *addr))

@@ -38,10 +38,11 @@ impl TestCa {
     /// names or IP addresses) signed by this CA.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().expect("generating a server key");
-        let cert = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .expect("server certificate parameters")
-            .signed_by(&key, &self.issuer)
-            .expect("signing the server certificate");
+        let cert =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("server certificate parameters")
+                .signed_by(&key, &self.issuer)
+                .expect("signing the server certificate");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -133,7 +133,11 @@ impl World {
 
     /// An agent with `args` that sees the environment `env` (a pod's
     /// `KUBERNETES_SERVICE_*`, a proxy), on the world's clock.
-    pub async fn agent_with_env(&self, args: ServerArgs, env: pod_identity_agent::env::Env) -> Agent {
+    pub async fn agent_with_env(
+        &self,
+        args: ServerArgs,
+        env: pod_identity_agent::env::Env,
+    ) -> Agent {
         self.start_agent(args, None, env).await
     }
 
