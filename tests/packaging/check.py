@@ -460,7 +460,7 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict]) -> None:
     else:
         r.check("--rotate-credentials" not in names, f"{at}: --rotate-credentials only belongs on hybrid nodes")
 
-    check_verification(r, at, ds, docs)
+    check_verification(r, at, ps, c, docs)
 
     # Every mount has a volume.
     for n in mounts:
@@ -484,15 +484,17 @@ def token_volumes(ps: dict) -> set[str]:
     }
 
 
-def check_verification(r: Report, at: str, ds: dict, docs: list[dict]) -> None:
+def check_verification(r: Report, at: str, ps: dict, c: dict, docs: list[dict] | None) -> None:
     """Local token verification with the API server's keys (--jwks-source
-    auto): the agent container, and only it, has the ServiceAccount token,
-    the cluster CA and the namespace at the standard path, as the kubelet
-    would mount them; the ServiceAccount may read the issuer discovery
-    documents; the last-known-good keys live on a writable emptyDir."""
-    ps = pod_spec(ds)
-    c = server_container(ds) or {}
-    names, values = used_flags(container_argv(c)[2:])
+    auto) in pod spec `ps` whose server container is `c`: the agent
+    container, and only it, has the ServiceAccount token, the cluster CA and
+    the namespace at the standard path, as the kubelet would mount them; the
+    ServiceAccount may read the issuer discovery documents (a binding among
+    `docs`; None: the namespace's default ServiceAccount, relying on the
+    bootstrap binding, as with upstream's chart); the last-known-good keys
+    live on a writable emptyDir."""
+    argv = container_argv(c)
+    names, values = used_flags(argv[argv.index("server") + 1 :] if "server" in argv else [])
     mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
     vols = {v.get("name"): v for v in ps.get("volumes") or []}
 
@@ -559,7 +561,13 @@ def check_verification(r: Report, at: str, ds: dict, docs: list[dict]) -> None:
                 f"{at}: volume {n}: namespace must come from metadata.namespace",
             )
 
-    # The ServiceAccount the token is for, allowed to read the keys.
+    if docs is not None:
+        check_service_account(r, at, ps, docs)
+    check_jwks_cache(r, at, ps, c, values.get("--jwks-cache-path"))
+
+
+def check_service_account(r: Report, at: str, ps: dict, docs: list[dict]) -> None:
+    """The ServiceAccount the token is for, rendered and allowed to read the keys."""
     sa = ps.get("serviceAccountName")
     sas = {d["metadata"]["name"] for d in kinds(docs, "ServiceAccount") if d["metadata"].get("namespace") == NAMESPACE}
     r.check(
@@ -580,8 +588,11 @@ def check_verification(r: Report, at: str, ds: dict, docs: list[dict]) -> None:
         f"{at}: a ClusterRoleBinding must grant ClusterRole {ISSUER_DISCOVERY_ROLE} to ServiceAccount {NAMESPACE}/{sa}",
     )
 
-    # Last-known-good keys, for a restart while the API server is down.
-    cache = values.get("--jwks-cache-path")
+
+def check_jwks_cache(r: Report, at: str, ps: dict, c: dict, cache: str | None) -> None:
+    """Last-known-good keys, for a restart while the API server is down."""
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
     if r.check(bool(cache), f"{at}: the server needs --jwks-cache-path (last-known-good keys)"):
         ok = any(
             str(cache).startswith((m.get("mountPath") or "").rstrip("/") + "/")
@@ -789,11 +800,153 @@ def check_helm_values_example(r: Report, docs: list[dict]) -> None:
     )
     r.check(not ps.get("initContainers"), f"{at}: init.create false: no init container")
     # The example is the base plus patches: verification stays as it is.
-    check_verification(r, at, ds, docs)
+    check_verification(r, at, ps, c, docs)
     images = {x.get("image") for x in ps.get("containers") or []}
     r.check(
         images == {"registry.example.com/platform/eks-pod-identity-agent:1.0.0"}, f"{at}: image override, got {images}"
     )
+
+
+# --------------------------------------------------------------------------
+# daemonset/examples/chart-values-verify.yaml: values for upstream's Helm
+# chart (aws/eks-pod-identity-agent v0.1.37, charts/eks-pod-identity-agent).
+# The chart is another project's code and stays out of this repository, so
+# its rendering of the parts these values touch is modelled here from its
+# template (as tests/helm_chart.rs describes it), and the model was checked
+# against a real `helm template` of v0.1.37 with this file (identical server
+# args, mounts and volumes for the three DaemonSets, also with an ISO region):
+# - each DaemonSet's pod has automountServiceAccountToken: false and no
+#   serviceAccountName (the namespace's default ServiceAccount);
+# - the init container mounts nothing;
+# - the server's volumeMounts are `daemonsets.<name>.volumeMounts`, the pod's
+#   volumes `daemonsets.<name>.volumes` (after the ca-bundle ones in ISO
+#   regions), both verbatim;
+# - server args: --port 80 --cluster-name <clusterName> --probe-port <probePort>,
+#   then `agent.additionalArgs` and the DaemonSet's `additionalArgs` as key,
+#   value pairs, each map in key order;
+# - Helm merges maps with the chart's defaults and replaces lists.
+
+CHART_VALUES = DAEMONSET_DIR / "examples" / "chart-values-verify.yaml"
+# The chart's defaults these values meet (its values.yaml).
+CHART_DEFAULTS = {
+    "agent.additionalArgs": {"-v": "trace"},
+    "probePort": 2703,
+    "daemonsets": {
+        "cloud": {},
+        "hybrid": {"nameSuffix": "hybrid", "additionalArgs": {"--rotate-credentials": "true"}},
+        "hybrid-bottlerocket": {
+            "nameSuffix": "hybrid-bottlerocket",
+            "additionalArgs": {"--rotate-credentials": "true"},
+        },
+    },
+}
+# What `helm template --set clusterName=my-cluster -f chart-values-verify.yaml`
+# renders as the server's args (hybrid ones add --rotate-credentials true);
+# tests/helm_chart.rs runs exactly these (VERIFY_SERVER_ARGS).
+CHART_VERIFY_SERVER_ARGS = [
+    "--port",
+    "80",
+    "--cluster-name",
+    "my-cluster",
+    "--probe-port",
+    "2703",
+    "--jwks-cache-path",
+    "/var/lib/eks-pod-identity-agent/jwks.json",
+    "-v",
+    "trace",
+]
+# The chart's hybrid credentials, which the values must keep (lists are replaced).
+CHART_HYBRID_CREDENTIALS = {"hybrid": "/eks-hybrid/.aws", "hybrid-bottlerocket": "/var/eks-hybrid/.aws"}
+
+
+def chart_daemonsets(values: dict, cluster_name: str = "my-cluster") -> dict[str, dict]:
+    """The DaemonSets upstream's chart renders with `values` (the parts
+    modelled above), by daemonsets key."""
+    agent_args = dict(CHART_DEFAULTS["agent.additionalArgs"])
+    agent_args.update((values.get("agent") or {}).get("additionalArgs") or {})
+    out = {}
+    for key, defaults in CHART_DEFAULTS["daemonsets"].items():
+        mine = ((values.get("daemonsets") or {}).get(key)) or {}
+        ds_args = dict(defaults.get("additionalArgs") or {})
+        ds_args.update(mine.get("additionalArgs") or {})
+        args = ["--port", "80", "--cluster-name", cluster_name, "--probe-port", str(CHART_DEFAULTS["probePort"])]
+        for m in (agent_args, ds_args):
+            for k in sorted(m):
+                args += [str(k), str(m[k])]
+        name = "eks-pod-identity-agent" + (f"-{defaults['nameSuffix']}" if defaults.get("nameSuffix") else "")
+        labels = {"app.kubernetes.io/name": "eks-pod-identity-agent", "app.kubernetes.io/instance": name}
+        server = {
+            "name": "eks-pod-identity-agent",
+            "image": "registry.example.com/eks-pod-identity-agent:0.1.0",
+            "command": ["/go-runner", AGENT_BIN, "server"],
+            "args": args,
+        }
+        if mine.get("volumeMounts"):
+            server["volumeMounts"] = copy.deepcopy(mine["volumeMounts"])
+        ps = {
+            "automountServiceAccountToken": False,
+            "hostNetwork": True,
+            "initContainers": [
+                {
+                    "name": "eks-pod-identity-agent-init",
+                    "image": server["image"],
+                    "command": ["/go-runner", AGENT_BIN, "initialize"],
+                    "securityContext": {"privileged": True},
+                }
+            ],
+            "containers": [server],
+        }
+        if mine.get("volumes"):
+            ps["volumes"] = copy.deepcopy(mine["volumes"])
+        out[key] = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": ps}},
+        }
+    return out
+
+
+def check_chart_values(r: Report, values: dict, versions: list[str]) -> None:
+    """The values turn verification on in every DaemonSet of upstream's
+    chart, as in our manifests, keep the hybrid credentials, and render
+    valid objects."""
+    at = "[examples/chart-values-verify]"
+    for key, ds in chart_daemonsets(values).items():
+        where = f"{at} daemonsets.{key}"
+        validate_schemas(r, where, [ds], versions)
+        ps = pod_spec(ds)
+        c = ps["containers"][0]
+        check_verification(r, where, ps, c, None)
+        args = CHART_VERIFY_SERVER_ARGS + (["--rotate-credentials", "true"] if key in CHART_HYBRID_CREDENTIALS else [])
+        r.check(c["args"] == args, f"{where}: the server's args would be {c['args']}, not {args} (tests/helm_chart.rs)")
+        mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+        vols = {v.get("name"): v for v in ps.get("volumes") or []}
+        r.check(
+            len(mounts) == len(c.get("volumeMounts") or []) and len(vols) == len(ps.get("volumes") or []),
+            f"{where}: volume or mount names repeated",
+        )
+        for n in mounts:
+            r.check(n in vols, f"{where}: volumeMount {n} has no volume")
+        host = CHART_HYBRID_CREDENTIALS.get(key)
+        if host:
+            r.check(
+                any(
+                    m.get("mountPath") == "/root/.aws"
+                    and m.get("readOnly") is True
+                    and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == host
+                    for n, m in mounts.items()
+                ),
+                f"{where}: the chart's credentials mount (hostPath {host} at /root/.aws) is lost: Helm replaces lists",
+            )
+
+
+def load_chart_values(r: Report) -> dict | None:
+    import yaml
+
+    if not r.check(CHART_VALUES.is_file(), f"{CHART_VALUES.relative_to(ROOT)} missing"):
+        return None
+    return yaml.safe_load(CHART_VALUES.read_text())
 
 
 # --------------------------------------------------------------------------
@@ -1191,6 +1344,67 @@ MUTATIONS = {
 }
 
 
+def _chart_ds(values, key):
+    return values["daemonsets"][key]
+
+
+def _chart_drop(items, name):
+    kept = [x for x in items if x["name"] != name]
+    if len(kept) == len(items):
+        raise LookupError(f"no {name}")
+    items[:] = kept
+
+
+CHART_VALUES_MUTATIONS = [
+    ("cloud token not mounted", lambda v: _chart_drop(_chart_ds(v, "cloud")["volumeMounts"], "kube-api-access")),
+    (
+        "hybrid credentials dropped",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid")["volumeMounts"], "aws-credentials"),
+    ),
+    (
+        "Bottlerocket without the token",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid-bottlerocket")["volumes"], "kube-api-access"),
+    ),
+    ("cache flag dropped", lambda v: v["agent"]["additionalArgs"].pop("--jwks-cache-path")),
+    (
+        "cache volume not mounted",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid")["volumeMounts"], "jwks-cache"),
+    ),
+    (
+        "token without ca.crt",
+        lambda v: next(x for x in _chart_ds(v, "cloud")["volumes"] if x["name"] == "kube-api-access")["projected"][
+            "sources"
+        ].pop(1),
+    ),
+    (
+        "a mistyped volume",
+        lambda v: next(x for x in _chart_ds(v, "cloud")["volumes"] if x["name"] == "jwks-cache").update(
+            emptydir={}
+        ),
+    ),
+]
+
+
+def self_test_chart_values(r: Report, values: dict, versions: list[str]) -> None:
+    for what, mutate in CHART_VALUES_MUTATIONS:
+        # Each DaemonSet's lists are fresh copies (the file shares them
+        # through YAML anchors).
+        m = copy.deepcopy(values)
+        for key in CHART_DEFAULTS["daemonsets"]:
+            ds = (m.get("daemonsets") or {}).get(key) or {}
+            for field in ("volumes", "volumeMounts"):
+                if field in ds:
+                    ds[field] = copy.deepcopy(ds[field])
+        try:
+            mutate(m)
+        except (LookupError, KeyError, IndexError, ValueError, TypeError) as e:
+            r.fail(f"self-test [chart values] {what}: mutation does not apply ({e!r}); update CHART_VALUES_MUTATIONS")
+            continue
+        probe = Report()
+        check_chart_values(probe, m, versions)
+        r.check(bool(probe.failures), f"self-test [chart values]: the checks missed the mutation '{what}'")
+
+
 DOCKERFILE_MUTATIONS = [
     ("extra cargo flag", "--workspace --bins", "--workspace --bins --features x"),
     ("unpinned rust image", "FROM rust:1.95.0-bookworm", "FROM rust:bookworm"),
@@ -1283,6 +1497,9 @@ def main() -> int:
                 validate_schemas(r, "[examples/helm-values]", docs, versions)
                 check_helm_values_example(r, docs)
                 command_lines(renders_argv, "examples/helm-values", docs)
+        chart_values = load_chart_values(r)
+        if chart_values is not None:
+            check_chart_values(r, chart_values, versions)
         if base_dir is not None and "base" in renders:
             r.check(base_dir == renders["base"], "kubectl kustomize daemonset/ must render exactly daemonset/base")
 
@@ -1291,6 +1508,8 @@ def main() -> int:
         Path(out).write_text(json.dumps(renders_argv, indent=1))
     check_dockerfile(r, tools["hadolint"])
     self_test(r, renders)
+    if chart_values is not None:
+        self_test_chart_values(r, chart_values, versions)
     self_test_dockerfile(r, tools["hadolint"])
 
     rendered = ", ".join(f"{k} ({len(v)} objects)" for k, v in renders.items())
