@@ -812,9 +812,12 @@ def check_helm_values_example(r: Report, docs: list[dict]) -> None:
 # chart (aws/eks-pod-identity-agent v0.1.37, charts/eks-pod-identity-agent).
 # The chart is another project's code and stays out of this repository, so
 # its rendering of the parts these values touch is modelled here from its
-# template (as tests/helm_chart.rs describes it), and the model was checked
-# against a real `helm template` of v0.1.37 with this file (identical server
-# args, mounts and volumes for the three DaemonSets, also with an ISO region):
+# template (as tests/helm_chart.rs describes it). The model was checked once
+# against a real render of v0.1.37 with this file by Helm's own template
+# engine (Helm SDK 4.2.3, through PyPI's helm-python-sdk 0.2.2; not used in
+# CI): identical server commands, args, mounts and volumes for the three
+# DaemonSets, also with an ISO region; no serviceAccountName, automount off,
+# no init container mounts.
 # - each DaemonSet's pod has automountServiceAccountToken: false and no
 #   serviceAccountName (the namespace's default ServiceAccount);
 # - the init container mounts nothing;
