@@ -259,6 +259,12 @@ mod tests {
         ),
         (
             "server",
+            "max-connections-per-source",
+            &["0", "1000001"],
+            &["1", "1000000"],
+        ),
+        (
+            "server",
             "header-read-timeout",
             &["0s", "99ms", "10m1s"],
             &["100ms", "10m"],

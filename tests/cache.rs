@@ -499,6 +499,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
                     &key,
                     hash,
                     token_ref,
+                    pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into()),
                     testkit::issuer::now_secs() as u64 * 1000,
                 )
                 .await
@@ -512,6 +513,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             &key,
             hash,
             token_ref,
+            pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into()),
             testkit::issuer::now_secs() as u64 * 1000,
         )
         .await
@@ -695,7 +697,8 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
                 expires: None,
             };
             let now = testkit::issuer::now_secs() as u64 * 1000;
-            cache.get(&key, hash, token_ref, now).await
+            let flow = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
+            cache.get(&key, hash, token_ref, flow, now).await
         })
     };
     let first = get();

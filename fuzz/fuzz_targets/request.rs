@@ -24,6 +24,7 @@ use pod_identity_agent::credentials::{Credentials, Secret};
 use pod_identity_agent::eksauth::answer::from_answer;
 use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
 use pod_identity_agent::endpoint::CredentialEndpoint;
+use pod_identity_agent::flow::Flows;
 use pod_identity_agent::https::{HttpsClient, ProxyConfig, Trust};
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
@@ -133,6 +134,7 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
             Some(Arc::new(store))
         }
     };
+    let flows = Flows::new();
     let gate = TokenGate::new(
         GateConfig {
             audience: "pods.eks.amazonaws.com".into(),
@@ -140,11 +142,13 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
             issuer: Some("https://oidc.eks.local.example/id/DEMO".into()),
             scope: CacheScope::Pod,
             memo_size: 1000,
+            memo_bytes: 1000 * 2048,
             strict: false,
             node_name: Some("ip-10-0-0-1.ec2.internal".into()),
             require_node_claim: false,
         },
         keys,
+        flows.clone(),
         metrics.clone(),
     );
     let cache = CredentialCache::new(
@@ -180,6 +184,7 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
                 burst: 1,
             },
         ),
+        flows,
         clock,
         metrics.clone(),
     ));

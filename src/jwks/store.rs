@@ -64,6 +64,9 @@ struct State {
     /// Held while fetching (one fetch at a time, whatever caused it).
     fetch_lock: tokio::sync::Mutex<()>,
     refetch: Mutex<Refetch>,
+    /// When a failed fetch was last warned about: once a minute at most
+    /// (every fetch is counted in `pod_identity_jwks_fetches_total`).
+    warned: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -110,6 +113,7 @@ impl KeyStore {
                 generation: AtomicU64::new(0),
                 fetch_lock: tokio::sync::Mutex::new(()),
                 refetch: Mutex::new(Refetch::default()),
+                warned: Mutex::new(None),
                 metrics,
             }),
         }
@@ -186,7 +190,7 @@ impl KeyStore {
             let state = &done.state;
             let fetching = state.fetch_lock.lock().await;
             if let Err(err) = state.fetch_and_install().await {
-                warn!(error = %err, "refetching signing keys for an unknown key id failed");
+                state.warn_failed(&err, "refetching signing keys for an unknown key id failed");
             }
             drop(fetching);
             drop(done);
@@ -260,19 +264,44 @@ impl State {
         }
     }
 
+    /// A failed fetch, at most once a minute, with what to do about a
+    /// refusal.
+    fn warn_failed(&self, err: &JwksError, what: &str) {
+        {
+            let mut last = self.warned.lock().expect("warn lock poisoned");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let hint = match err.status() {
+            Some(401) => {
+                "the key source did not accept the agent's ServiceAccount token; tokens are forwarded to EKS Auth unverified"
+            }
+            Some(403) => {
+                "the key source refused the agent's ServiceAccount: bind the ClusterRole system:service-account-issuer-discovery to it (daemonset/base does); tokens are forwarded to EKS Auth unverified"
+            }
+            _ => "tokens whose key is not loaded are forwarded to EKS Auth unverified",
+        };
+        warn!(error = %err, hint, "{what}");
+    }
+
     async fn refresh(&self) {
         if self.fetcher.file_unchanged() {
             return;
         }
         if !self.loaded() {
             if let Err(err) = self.initial_load().await {
-                warn!(error = %err, "signing keys still unavailable");
+                self.warn_failed(&err, "signing keys still unavailable");
             }
             return;
         }
         let _guard = self.fetch_lock.lock().await;
         if let Err(err) = self.fetch_and_install().await {
-            warn!(error = %err, "refreshing signing keys failed; keeping the current ones");
+            self.warn_failed(
+                &err,
+                "refreshing signing keys failed; keeping the current ones",
+            );
         }
     }
 
