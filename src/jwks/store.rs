@@ -205,7 +205,10 @@ impl KeyStore {
         }
         let _guard = self.fetch_lock.lock().await;
         if let Err(err) = self.fetch_and_install().await {
-            self.warn_failed(&err, "refreshing signing keys failed; keeping the current ones");
+            self.warn_failed(
+                &err,
+                "refreshing signing keys failed; keeping the current ones",
+            );
         }
     }
 
