@@ -146,12 +146,13 @@ impl LogLimiter {
     }
 
     /// Whether a line of `topic` may be written now; if so, how many lines
-    /// of it were suppressed since the last one (write it as a field).
-    pub fn allow(&self, topic: Topic) -> Option<u64> {
+    /// of it were suppressed since the last one, if any (write it as the
+    /// field `suppressed`: tracing leaves a `None` out).
+    pub fn allow(&self, topic: Topic) -> Option<Option<u64>> {
         self.allow_at(topic, std::time::Instant::now())
     }
 
-    fn allow_at(&self, topic: Topic, now: std::time::Instant) -> Option<u64> {
+    fn allow_at(&self, topic: Topic, now: std::time::Instant) -> Option<Option<u64>> {
         let mut b = self.budgets[topic as usize]
             .lock()
             .expect("log budget lock poisoned");
@@ -160,7 +161,7 @@ impl LogLimiter {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Some(std::mem::take(&mut b.suppressed))
+            Some(Some(std::mem::take(&mut b.suppressed)).filter(|n| *n > 0))
         } else {
             b.suppressed += 1;
             if let Some(c) = &self.suppressed {
@@ -199,13 +200,13 @@ mod tests {
     fn a_flood_writes_the_burst_then_one_line_a_second_with_the_count() {
         let l = LogLimiter::new(None);
         let t0 = Instant::now();
-        let written: Vec<u64> = (0..1000)
+        let written: Vec<Option<u64>> = (0..1000)
             .filter_map(|_| l.allow_at(Topic::OtherNode, t0))
             .collect();
-        assert_eq!(written, vec![0; 10], "the burst, nothing suppressed yet");
+        assert_eq!(written, vec![None; 10], "the burst, nothing suppressed yet");
         assert_eq!(
             l.allow_at(Topic::Refused, t0),
-            Some(0),
+            Some(None),
             "topics have their own budgets"
         );
         assert_eq!(
@@ -214,7 +215,7 @@ mod tests {
         );
         assert_eq!(
             l.allow_at(Topic::OtherNode, t0 + Duration::from_secs(1)),
-            Some(991),
+            Some(Some(991)),
             "the next line says how many were suppressed"
         );
         assert_eq!(

@@ -274,10 +274,10 @@ struct AcceptCtx<H> {
 }
 
 impl<H: Handler> AcceptCtx<H> {
-    fn allow_log(&self, topic: Topic) -> Option<u64> {
+    fn allow_log(&self, topic: Topic) -> Option<Option<u64>> {
         match &self.metrics {
             Some(m) => m.logs.allow(topic),
-            None => Some(0),
+            None => Some(None),
         }
     }
 
