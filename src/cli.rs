@@ -101,13 +101,13 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2705)]
     pub metrics_port: u16,
     /// Longest time a cached credential is served before it is renewed; 0 disables the cache.
-    #[arg(long, default_value = "3h", value_parser = flagcheck::duration_or_off("1s", "24h"))]
+    #[arg(long, default_value = "3h", value_parser = flagcheck::duration_or_off("1s", "8760h"))]
     pub max_credential_retention_before_renewal: Duration,
     /// Maximum number of cached credentials; 0 disables the cache.
     #[arg(long, default_value_t = 2000, value_parser = flagcheck::count::<u64>(0, 10_000_000))]
     pub max_cache_size: u64,
     /// Background refreshes per second sent to EKS Auth.
-    #[arg(long, default_value_t = 3.0, value_parser = flagcheck::rate("0.001", "1000000"))]
+    #[arg(long, default_value_t = 3.0, value_parser = flagcheck::rate_or_off("0.001", "1000000"))]
     pub max_service_qps: f64,
     /// Hosts to listen on (IPv6 in brackets). Repeatable or comma-separated.
     #[arg(short = 'b', long, value_delimiter = ',', default_values_t = [String::from("169.254.170.23"), String::from("[fd00:ec2::23]")])]

@@ -146,7 +146,8 @@ impl State {
     ) -> Result<Option<Waiter>, Saturated> {
         let queued = self.queued;
         let mut pushed = None;
-        if queued >= limit.max(1) {
+        // Full; with a limit of 0, nothing ever waits.
+        if queued >= limit {
             let mine = self.queue_len(class);
             match self.longest() {
                 Some((flow, longest)) if longest > mine + 1 => pushed = self.pop_newest(flow),
