@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::{info, warn};
 
+use crate::admission::{Admission, AdmissionConfig};
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
@@ -29,7 +30,6 @@ use crate::probe::{Admin, InstanceProbes, Probes};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::reuseport;
 use crate::serve::{ConnLimits, Server};
-use crate::verify::{GateConfig, TokenGate};
 
 pub use crate::listeners::{BindError, Listeners, bind};
 
@@ -178,8 +178,8 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         }
     };
     let flows = Flows::new();
-    let gate = TokenGate::new(
-        GateConfig {
+    let admission = Admission::new(
+        AdmissionConfig {
             audience: args.audience.clone(),
             leeway_secs: v.token_leeway.as_secs() as i64,
             issuer,
@@ -212,7 +212,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
     );
     let endpoint = Arc::new(CredentialEndpoint::new(
         &args.allowed_hosts,
-        gate,
+        admission,
         cache.clone(),
         RateLimiter::new(
             Rate {

@@ -35,6 +35,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::admission::{Admission, AdmissionError};
 use crate::cache::{CredentialCache, FetchError, Outcome, TokenRef};
 use crate::clock::SharedClock;
 use crate::eksauth::EksAuthError;
@@ -43,7 +44,6 @@ use crate::logging::Topic;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::serve::{Handler, HttpResponse, text_response};
-use crate::verify::{AdmitError, TokenGate};
 
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 
@@ -63,7 +63,7 @@ pub enum RequestError {
     )]
     Host { host: String, allowed: Arc<str> },
     #[error(transparent)]
-    Admit(#[from] AdmitError),
+    Admission(#[from] AdmissionError),
     #[error(transparent)]
     EksAuth(FetchError),
 }
@@ -75,7 +75,7 @@ impl RequestError {
             RequestError::Redirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Host { .. } => StatusCode::FORBIDDEN,
-            RequestError::Admit(_) => StatusCode::BAD_REQUEST,
+            RequestError::Admission(_) => StatusCode::BAD_REQUEST,
             // Our own queue being full is a 503, which SDKs retry.
             RequestError::EksAuth(err) if matches!(**err, EksAuthError::Saturated { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -139,7 +139,7 @@ pub fn host_only(host: &str) -> &str {
 pub struct CredentialEndpoint {
     allowed_hosts: Vec<String>,
     allowed_display: Arc<str>,
-    gate: TokenGate,
+    admission: Admission,
     cache: CredentialCache,
     limiter: RateLimiter,
     flows: Flows,
@@ -154,7 +154,7 @@ impl CredentialEndpoint {
     /// stripped here).
     pub fn new(
         allowed_hosts: &[String],
-        gate: TokenGate,
+        admission: Admission,
         cache: CredentialCache,
         limiter: RateLimiter,
         flows: Flows,
@@ -169,7 +169,7 @@ impl CredentialEndpoint {
         Self {
             allowed_hosts,
             allowed_display,
-            gate,
+            admission,
             cache,
             limiter,
             flows,
@@ -219,7 +219,7 @@ impl CredentialEndpoint {
         let source = || self.flows.source(peer.ip());
         // Every request is charged once: a remembered token to its flow,
         // any other to its caller's address before it is parsed.
-        let (admitted, first) = match self.gate.remembered(token, now_secs)? {
+        let (admitted, first) = match self.admission.remembered(token, now_secs)? {
             Some(admitted) => {
                 let flow = admitted.flow.unwrap_or_else(source);
                 self.limiter
@@ -231,7 +231,7 @@ impl CredentialEndpoint {
                 self.limiter
                     .check(source(), now_ms)
                     .map_err(RequestError::RateLimited)?;
-                (self.gate.admit(token, now_secs).await?, true)
+                (self.admission.admit(token, now_secs).await?, true)
             }
         };
         let token_ref = || TokenRef {
@@ -246,7 +246,7 @@ impl CredentialEndpoint {
             .await
             .map_err(RequestError::EksAuth)?;
         if first {
-            self.gate.confirm(&admitted, now_secs);
+            self.admission.confirm(&admitted, now_secs);
         }
         Ok(result)
     }

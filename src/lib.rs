@@ -2,15 +2,14 @@
 //! upstream Go agent (aws/eks-pod-identity-agent v0.1.37).
 //!
 //! The request path reads in four modules: [`endpoint`] (checks, statuses)
-//! → [`verify`] (token admission) → [`cache`] → [`eksauth`].
+//! → [`admission`] (the token) → [`cache`] → [`eksauth`].
 //!
 //! - [`app`]: the `server` subcommand assembled: build, run, drain.
 //! - [`listeners`]: binding the credential, probe and metrics listeners.
 //! - [`endpoint`]: `/v1/credentials`, its errors and their one status function.
-//! - [`verify`]: admission: keyless checks, signature verification, the memo.
+//! - [`admission`]: the token: keyless checks, signature verification, refusals, the memo.
 //! - [`token`]: JWT parsing with upstream's (golang-jwt's) rules and messages.
 //! - [`gojson`]: JSON syntax and type errors worded as Go's `encoding/json`.
-//! - [`memo`]: the admitted-token memo (a token is checked once, not per request).
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
@@ -41,6 +40,7 @@
 //! targets (`fuzz/`) build without them.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 #[cfg(feature = "aws-sdk")]
 pub mod app;
 pub mod cache;
@@ -60,7 +60,6 @@ pub mod instance;
 pub mod jwks;
 pub mod listeners;
 pub mod logging;
-pub mod memo;
 pub mod metrics;
 pub mod probe;
 pub mod probe_socket;
@@ -70,4 +69,3 @@ pub mod reuseport;
 pub mod rotating;
 pub mod serve;
 pub mod token;
-pub mod verify;

@@ -838,10 +838,10 @@ async fn tokens_are_bound_to_their_node() {
 /// admitted at all when inconclusive tokens are refused.
 #[tokio::test]
 async fn mutated_tokens_are_never_accepted() {
+    use pod_identity_agent::admission::{Admission, AdmissionConfig};
     use pod_identity_agent::cli::CacheScope;
     use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
     use pod_identity_agent::metrics::Metrics;
-    use pod_identity_agent::verify::{GateConfig, TokenGate};
 
     let w = World::start().await;
     w.issuer.rotate_ec().unwrap();
@@ -865,8 +865,8 @@ async fn mutated_tokens_are_never_accepted() {
     ));
     store.initial_load().await.unwrap();
     let gate = |strict| {
-        TokenGate::new(
-            GateConfig {
+        Admission::new(
+            AdmissionConfig {
                 audience: "pods.eks.amazonaws.com".into(),
                 leeway_secs: 0,
                 issuer: Some(w.url()),
@@ -1260,11 +1260,11 @@ async fn when_the_api_server_refuses_the_keys_tokens_are_forwarded() {
 /// token is remembered at once, an unverified one once EKS Auth answered.
 #[tokio::test]
 async fn only_confirmed_tokens_are_remembered() {
+    use pod_identity_agent::admission::{Admission, AdmissionConfig};
     use pod_identity_agent::cli::CacheScope;
     use pod_identity_agent::https::{HttpsClient, ProxyConfig, Trust};
     use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
     use pod_identity_agent::metrics::Metrics;
-    use pod_identity_agent::verify::{GateConfig, TokenGate};
 
     let w = World::start().await;
     let path = tmp("jwks.json");
@@ -1281,8 +1281,8 @@ async fn only_confirmed_tokens_are_remembered() {
     ));
     store.initial_load().await.unwrap();
     let gate = |keys: Option<Arc<KeyStore>>| {
-        TokenGate::new(
-            GateConfig {
+        Admission::new(
+            AdmissionConfig {
                 audience: "pods.eks.amazonaws.com".into(),
                 leeway_secs: 0,
                 issuer: Some(w.url()),

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of token admission (`verify::TokenGate::admit`),
+//! Criterion micro-benchmarks of token admission (`admission::Admission::admit`),
 //! the per-request work before the credential cache:
 //!
 //! - `admission/verified_cold`: a token the verified-token memo does not
@@ -28,18 +28,18 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
+use pod_identity_agent::admission::{Admission, AdmissionConfig};
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
 use pod_identity_agent::token::TokenHash;
-use pod_identity_agent::verify::{GateConfig, TokenGate};
 use testkit::issuer::{Issuer, TokenSpec};
 
 const ISSUER: &str = "https://oidc.bench.example/id/BENCH";
 
-fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> TokenGate {
-    TokenGate::new(
-        GateConfig {
+fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> Admission {
+    Admission::new(
+        AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
             leeway_secs: 30,
             issuer: Some(ISSUER.into()),

@@ -30,7 +30,7 @@ use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
 use pod_identity_agent::ratelimit::{Rate, RateLimiter};
 use pod_identity_agent::serve::{ConnLimits, Server};
-use pod_identity_agent::verify::{GateConfig, TokenGate};
+use pod_identity_agent::admission::{Admission, AdmissionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One hour after the seed tokens were minted (they live ten years), so
@@ -135,8 +135,8 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
         }
     };
     let flows = Flows::new();
-    let gate = TokenGate::new(
-        GateConfig {
+    let gate = Admission::new(
+        AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
             leeway_secs: 0,
             issuer: Some("https://oidc.eks.local.example/id/DEMO".into()),

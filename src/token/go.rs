@@ -4,8 +4,8 @@
 //! the fast path declines.
 
 use super::{
-    Audience, Claims, GO_JWT_METHODS, Header, KubernetesClaims, Parsed, TokenError,
-    go_field_matches,
+    Audience, Claims, GO_JWT_METHODS, Header, KubernetesClaims, ParseError, Parsed, Segment,
+    TokenError, go_field_matches,
 };
 use crate::gojson::{self, Value, go_quote};
 
@@ -19,50 +19,37 @@ pub(super) fn parse(token: &[u8]) -> Result<Parsed<'_>, TokenError> {
     let (Some(h), Some(c), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::malformed(
-            "token contains an invalid number of segments",
-        ));
+        return Err(ParseError::Segments.into());
     };
-    let header_json = decode_segment(h).map_err(|at| {
-        TokenError::malformed(&format!(
-            "could not base64 decode header: illegal base64 data at input byte {at}"
-        ))
-    })?;
+    let header_json = decode_segment(h).map_err(|at| ParseError::Base64(Segment::Header, at))?;
     let header = gojson::parse(&header_json)
-        .map_err(|e| TokenError::malformed(&format!("could not JSON decode header: {e}")))?;
+        .map_err(|e| ParseError::Json(Segment::Header, e.to_string()))?;
     if !matches!(header, Value::Object(_) | Value::Null) {
-        return Err(TokenError::malformed(&format!(
-            "could not JSON decode header: json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
-            header.kind()
-        )));
+        return Err(ParseError::Json(
+            Segment::Header,
+            format!(
+                "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                header.kind()
+            ),
+        )
+        .into());
     }
-    let claims_json = decode_segment(c).map_err(|at| {
-        TokenError::malformed(&format!(
-            "could not base64 decode claim: illegal base64 data at input byte {at}"
-        ))
-    })?;
+    let claims_json = decode_segment(c).map_err(|at| ParseError::Base64(Segment::Claim, at))?;
     let claims = gojson::parse(&claims_json)
         .map_err(|e| e.to_string())
         .and_then(|v| registered_claims(&v))
-        .map_err(|e| TokenError::malformed(&format!("could not JSON decode claim: {e}")))?;
+        .map_err(|e| ParseError::Json(Segment::Claim, e))?;
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => alg.clone(),
-        _ => {
-            return Err(TokenError::Parse(
-                "token is unverifiable: signing method (alg) is unspecified".into(),
-            ));
-        }
+        _ => return Err(ParseError::AlgUnspecified.into()),
     };
     if !GO_JWT_METHODS.contains(&alg.as_str()) {
-        return Err(TokenError::Parse(
-            "token is unverifiable: signing method (alg) is unavailable".into(),
-        ));
+        return Err(ParseError::AlgUnavailable.into());
     }
     // Past base64 the first two segments are ASCII; only the signature
     // (never decoded by upstream) can hold other bytes, and an EKS Auth
     // request body must be UTF-8.
-    let text = std::str::from_utf8(token)
-        .map_err(|_| TokenError::malformed("token is not valid UTF-8"))?;
+    let text = std::str::from_utf8(token).map_err(|_| ParseError::NotUtf8)?;
     let header = Header {
         alg,
         kid: header.get("kid").and_then(Value::as_str).map(str::to_owned),

@@ -73,6 +73,46 @@ pub struct Identity {
     pub node_name: Option<String>,
 }
 
+/// Who a token says it is, for log lines only: read once at admission from
+/// its (possibly unverified) claims, carried with the request and the
+/// cached credential, never used to decide anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl Subject {
+    pub fn of(claims: &Claims) -> Self {
+        let (namespace, service_account) = claims
+            .sub
+            .as_deref()
+            .and_then(service_account)
+            .map(|(ns, sa)| (Some(ns.to_owned()), Some(sa.to_owned())))
+            .unwrap_or_default();
+        let pod = claims
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.pod.as_ref())
+            .and_then(|p| p.name.clone());
+        Self {
+            namespace,
+            service_account,
+            pod,
+        }
+    }
+}
+
+/// `system:serviceaccount:<namespace>:<name>` split, both parts non-empty
+/// and the name without `:` (the one place this format is read).
+pub fn service_account(sub: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = sub
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some((namespace, name))
+}
+
 /// Whether Go's `encoding/json` matches JSON member `key` to struct field
 /// `field` (an ASCII name): `bytes.EqualFold`, where besides ASCII case
 /// only U+017F (ſ) folds to an ASCII letter of our field names (`s`).
@@ -182,29 +222,64 @@ pub struct Parsed<'a> {
 pub enum TokenError {
     #[error("Service account token cannot be empty")]
     Empty,
-    /// The golang-jwt error text (`token is malformed: ...`).
     #[error("Service account token cannot be parsed: {0}")]
-    Parse(String),
+    Parse(#[from] ParseError),
     #[error("Service account token failed basic claim validations: {}", .0.message())]
     Claims(ClaimFailures),
 }
 
 impl TokenError {
-    pub(crate) fn malformed(what: &str) -> Self {
-        TokenError::Parse(format!("token is malformed: {what}"))
-    }
-
     /// The `outcome` label of `pod_identity_token_verifications_total`.
-    pub fn reason(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             TokenError::Empty => "empty",
-            TokenError::Parse(m) if m.starts_with("token is unverifiable") => "unverifiable",
+            TokenError::Parse(ParseError::AlgUnspecified | ParseError::AlgUnavailable) => {
+                "unverifiable"
+            }
             TokenError::Parse(_) => "malformed",
             TokenError::Claims(f) if f.expired => "expired",
             TokenError::Claims(f) if f.not_yet_valid => "not_yet_valid",
             TokenError::Claims(_) => "audience",
         }
     }
+}
+
+/// The part of the token a parse error is in, as golang-jwt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    Header,
+    Claim,
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Segment::Header => "header",
+            Segment::Claim => "claim",
+        })
+    }
+}
+
+/// golang-jwt's parse errors, worded as it words them (`Display`, to the
+/// byte: `tests/golang_jwt.rs` checks them against its answers).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("token is malformed: token contains an invalid number of segments")]
+    Segments,
+    #[error(
+        "token is malformed: could not base64 decode {0}: illegal base64 data at input byte {1}"
+    )]
+    Base64(Segment, usize),
+    /// Go's `encoding/json` error, as Go prints it (message only: nothing
+    /// decides on its text).
+    #[error("token is malformed: could not JSON decode {0}: {1}")]
+    Json(Segment, String),
+    #[error("token is malformed: token is not valid UTF-8")]
+    NotUtf8,
+    #[error("token is unverifiable: signing method (alg) is unspecified")]
+    AlgUnspecified,
+    #[error("token is unverifiable: signing method (alg) is unavailable")]
+    AlgUnavailable,
 }
 
 /// The claim checks that failed, reported together as golang-jwt joins

@@ -1,6 +1,6 @@
 //! Heap footprint and allocations of the agent's own data, measured with a
 //! counting global allocator (no network, no hyper): admission
-//! (`verify::TokenGate`) and the credential cache (`cache::CredentialCache`)
+//! (`admission::Admission`) and the credential cache (`cache::CredentialCache`)
 //! driven directly, EKS Auth replaced by a model answering instantly with
 //! credentials of real sizes (a ~1 KB session token).
 //!
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_smithy_types::DateTime;
+use pod_identity_agent::admission::{Admission, AdmissionConfig};
 use pod_identity_agent::cache::{CacheConfig, CredentialCache, TokenRef};
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
@@ -24,7 +25,6 @@ use pod_identity_agent::credentials::{Credentials, Secret};
 use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
-use pod_identity_agent::verify::{GateConfig, TokenGate};
 use testkit::issuer::{Issuer, TokenSpec};
 
 struct Counting;
@@ -94,8 +94,8 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
     let metrics = Arc::new(Metrics::new());
     let clock = pod_identity_agent::clock::system();
     let before = live();
-    let gate = TokenGate::new(
-        GateConfig {
+    let gate = Admission::new(
+        AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
             leeway_secs: 0,
             issuer: None,

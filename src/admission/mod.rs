@@ -1,6 +1,7 @@
-//! Admission of a pod's token: the keyless checks (upstream v0.1.37's plus
-//! the audience) and, when a key source is configured, JWKS signature
-//! verification with the Kubernetes-specific claim rules.
+//! Admission: what happens to a pod's token before anything is asked of
+//! the cache. The keyless checks (upstream v0.1.37's plus the audience)
+//! and, when a key source is configured, JWKS signature verification with
+//! the Kubernetes-specific claim rules.
 //!
 //! Outcomes of local verification (README: "Verification decision table"):
 //! - **verified**: the token gets an [`Identity`] and an identity cache key;
@@ -21,9 +22,19 @@
 //! Only a signature-verified token yields an identity key and a workload
 //! [flow](crate::flow); everything else is keyed by the token's hash and
 //! charged to its caller's address. Confirmed tokens (verified, or answered
-//! with credentials by EKS Auth: [`TokenGate::confirm`]) are remembered
-//! until they expire or the key set changes, so a token is checked once,
-//! not per request; nothing is kept for a token neither has confirmed.
+//! with credentials by EKS Auth: [`Admission::confirm`]) are remembered
+//! ([`memo`]) until they expire or the key set changes, so a token is
+//! checked once, not per request; nothing is kept for a token neither has
+//! confirmed. The token is parsed here once: what the rest of the request
+//! path needs of it travels in [`Admitted`] (its [`Subject`] for logs).
+//!
+//! - [`refusal`]: why a token is refused, or could not be decided.
+//! - [`memo`]: the remembered tokens.
+
+mod memo;
+mod refusal;
+
+pub use refusal::Refusal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,67 +46,9 @@ use crate::cli::CacheScope;
 use crate::flow::{Flow, Flows};
 use crate::jwks::{self, KeyLookup, KeyStore};
 use crate::logging::Topic;
-use crate::memo::Memo;
 use crate::metrics::Metrics;
-use crate::token::{self, Claims, Identity, Parsed, TokenError, TokenHash, Validity};
-
-/// Why local verification refused a token, or could not decide. Messages
-/// name no key material and quote nothing from the token but its `alg`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("token algorithm {0:?} is not allowed")]
-    Algorithm(String),
-    #[error("token header carries its own key")]
-    EmbeddedKey,
-    #[error("token has no key id")]
-    MissingKid,
-    #[error("token key id is unknown")]
-    UnknownKid,
-    #[error("no signing keys are loaded")]
-    NoKeys,
-    #[error("token algorithm does not match its key")]
-    KeyMismatch,
-    #[error("token signature is invalid")]
-    Signature,
-    #[error("token issuer is not trusted")]
-    Issuer,
-    #[error("token subject is not a service account")]
-    Subject,
-    #[error("token kubernetes.io claims disagree with its subject")]
-    KubernetesClaims,
-    #[error("token is bound to another node")]
-    OtherNode,
-    #[error("token has no node claim")]
-    NoNodeClaim,
-}
-
-impl VerifyError {
-    /// The `outcome` label of `pod_identity_token_verifications_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            VerifyError::Algorithm(_) => "algorithm",
-            VerifyError::EmbeddedKey => "embedded_key",
-            VerifyError::MissingKid => "missing_kid",
-            VerifyError::UnknownKid => "unknown_kid",
-            VerifyError::NoKeys => "no_keys",
-            VerifyError::KeyMismatch => "key_mismatch",
-            VerifyError::Signature => "signature",
-            VerifyError::Issuer => "issuer",
-            VerifyError::Subject => "subject",
-            VerifyError::KubernetesClaims => "kubernetes_claims",
-            VerifyError::OtherNode => "other_node",
-            VerifyError::NoNodeClaim => "no_node_claim",
-        }
-    }
-
-    /// Local keys could not decide; EKS Auth can.
-    pub fn inconclusive(&self) -> bool {
-        matches!(
-            self,
-            VerifyError::MissingKid | VerifyError::UnknownKid | VerifyError::NoKeys
-        )
-    }
-}
+use crate::token::{self, Claims, Identity, Parsed, Subject, TokenError, TokenHash, Validity};
+use memo::Memo;
 
 /// Everything a request needs from its token, computed once per distinct token.
 #[derive(Debug)]
@@ -109,19 +62,22 @@ pub struct Admitted {
     /// address is the flow then).
     pub flow: Option<Flow>,
     pub verified: bool,
+    /// Who it says it is, for logs (read once, here).
+    pub subject: Arc<Subject>,
     /// The key-store generation it was admitted under.
     generation: u64,
 }
 
+/// Why a token was not admitted (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdmitError {
+pub enum AdmissionError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("Service account token failed verification: {0}")]
-    Verify(#[from] VerifyError),
+    Refused(#[from] Refusal),
 }
 
-pub struct GateConfig {
+pub struct AdmissionConfig {
     pub audience: String,
     pub leeway_secs: i64,
     pub issuer: Option<String>,
@@ -136,8 +92,8 @@ pub struct GateConfig {
     pub require_node_claim: bool,
 }
 
-pub struct TokenGate {
-    config: GateConfig,
+pub struct Admission {
+    config: AdmissionConfig,
     keys: Option<Arc<KeyStore>>,
     /// Admitted tokens with the key-store generation they were admitted under.
     memo: Memo<Arc<Admitted>>,
@@ -147,9 +103,9 @@ pub struct TokenGate {
     warned: [AtomicU64; 3],
 }
 
-impl TokenGate {
+impl Admission {
     pub fn new(
-        config: GateConfig,
+        config: AdmissionConfig,
         keys: Option<Arc<KeyStore>>,
         flows: Flows,
         metrics: Arc<Metrics>,
@@ -170,7 +126,7 @@ impl TokenGate {
         &self,
         raw: &[u8],
         now_secs: i64,
-    ) -> Result<Option<Arc<Admitted>>, AdmitError> {
+    ) -> Result<Option<Arc<Admitted>>, AdmissionError> {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
@@ -191,7 +147,7 @@ impl TokenGate {
     /// Admission of a token not remembered: parsed, checked and (with keys)
     /// verified (boxed, to keep the caller's future small). A verified
     /// token is remembered; an unverified one only once EKS Auth confirms it.
-    pub async fn admit(&self, raw: &[u8], now_secs: i64) -> Result<Arc<Admitted>, AdmitError> {
+    pub async fn admit(&self, raw: &[u8], now_secs: i64) -> Result<Arc<Admitted>, AdmissionError> {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
@@ -205,7 +161,7 @@ impl TokenGate {
         &self,
         raw: &[u8],
         now_secs: i64,
-    ) -> Result<Arc<Admitted>, AdmitError> {
+    ) -> Result<Arc<Admitted>, AdmissionError> {
         match self.remembered(raw, now_secs)? {
             Some(admitted) => Ok(admitted),
             None => self.admit(raw, now_secs).await,
@@ -239,20 +195,20 @@ impl TokenGate {
         raw: &[u8],
         now: i64,
         generation: u64,
-    ) -> Result<Arc<Admitted>, AdmitError> {
-        let parsed = token::parse(raw).inspect_err(|e| self.outcome(e.reason()))?;
+    ) -> Result<Arc<Admitted>, AdmissionError> {
+        let parsed = token::parse(raw).inspect_err(|e| self.outcome(e.as_str()))?;
         let validity = token::check_basic(
             &parsed.claims,
             &self.config.audience,
             now,
             self.config.leeway_secs,
         )
-        .inspect_err(|e| self.outcome(e.reason()))?;
+        .inspect_err(|e| self.outcome(e.as_str()))?;
         if let Err(err) = self.check_node(&parsed.claims) {
-            self.outcome(err.reason());
+            self.outcome(err.as_str());
             if let Some(suppressed) = self.metrics.logs.allow(Topic::OtherNode) {
                 warn!(
-                    reason = err.reason(),
+                    reason = err.as_str(),
                     node = self.config.node_name.as_deref(),
                     suppressed,
                     "refused a token bound to another node"
@@ -261,7 +217,7 @@ impl TokenGate {
             return Err(err.into());
         }
         if let Err(err) = self.check_issuer(&parsed.claims) {
-            self.outcome(err.reason());
+            self.outcome(err.as_str());
             return Err(err.into());
         }
         let identity = match &self.keys {
@@ -272,12 +228,12 @@ impl TokenGate {
                     Some(identity)
                 }
                 Err(err) if err.inconclusive() && !self.config.strict => {
-                    self.outcome(&format!("inconclusive_{}", err.reason()));
+                    self.outcome(err.forwarded_as_str());
                     self.warn_inconclusive(&err, now);
                     None
                 }
                 Err(err) => {
-                    self.outcome(err.reason());
+                    self.outcome(err.as_str());
                     return Err(err.into());
                 }
             },
@@ -294,6 +250,7 @@ impl TokenGate {
             )
         });
         let admitted = Arc::new(Admitted {
+            subject: Arc::new(Subject::of(&parsed.claims)),
             hash,
             validity,
             key: CacheKey::for_request(hash, identity.as_ref(), self.config.scope),
@@ -311,7 +268,7 @@ impl TokenGate {
     /// `--node-name`: the node claim as written. Without local verification
     /// this can only refuse: a forged claim naming this node still meets
     /// EKS Auth's signature check.
-    fn check_node(&self, claims: &Claims) -> Result<(), VerifyError> {
+    fn check_node(&self, claims: &Claims) -> Result<(), Refusal> {
         let Some(node) = &self.config.node_name else {
             return Ok(());
         };
@@ -321,54 +278,54 @@ impl TokenGate {
             .and_then(|k| k.node.as_ref())
             .and_then(|n| n.name.as_deref());
         match claimed {
-            Some(name) if name != node => Err(VerifyError::OtherNode),
-            None if self.config.require_node_claim => Err(VerifyError::NoNodeClaim),
+            Some(name) if name != node => Err(Refusal::OtherNode),
+            None if self.config.require_node_claim => Err(Refusal::NoNodeClaim),
             _ => Ok(()),
         }
     }
 
     /// The expected issuer: `--token-issuer`, else the one the key source
     /// names (unknown until keys load).
-    fn check_issuer(&self, claims: &Claims) -> Result<(), VerifyError> {
+    fn check_issuer(&self, claims: &Claims) -> Result<(), Refusal> {
         let from_keys = self.keys.as_ref().and_then(|k| k.issuer());
         match self.config.issuer.as_deref().or(from_keys.as_deref()) {
-            Some(expected) if claims.iss.as_deref() != Some(expected) => Err(VerifyError::Issuer),
+            Some(expected) if claims.iss.as_deref() != Some(expected) => Err(Refusal::Issuer),
             _ => Ok(()),
         }
     }
 
-    async fn verify(&self, keys: &KeyStore, parsed: &Parsed<'_>) -> Result<Identity, VerifyError> {
+    async fn verify(&self, keys: &KeyStore, parsed: &Parsed<'_>) -> Result<Identity, Refusal> {
         let header = &parsed.header;
-        let (alg, _) = jwks::algorithm(&header.alg)
-            .ok_or_else(|| VerifyError::Algorithm(header.alg.clone()))?;
+        let (alg, _) =
+            jwks::algorithm(&header.alg).ok_or_else(|| Refusal::Algorithm(header.alg.clone()))?;
         if header.embeds_key {
-            return Err(VerifyError::EmbeddedKey);
+            return Err(Refusal::EmbeddedKey);
         }
         let kid = header
             .kid
             .as_deref()
             .filter(|k| !k.is_empty())
-            .ok_or(VerifyError::MissingKid)?;
+            .ok_or(Refusal::MissingKid)?;
         let key = match keys.lookup(kid).await {
             KeyLookup::Found(key) => key,
-            KeyLookup::Unknown => return Err(VerifyError::UnknownKid),
-            KeyLookup::NoKeys => return Err(VerifyError::NoKeys),
+            KeyLookup::Unknown => return Err(Refusal::UnknownKid),
+            KeyLookup::NoKeys => return Err(Refusal::NoKeys),
         };
         if !key.accepts(alg) {
-            return Err(VerifyError::KeyMismatch);
+            return Err(Refusal::KeyMismatch);
         }
         if !key.verify(parsed.signing_input.as_bytes(), parsed.signature) {
-            return Err(VerifyError::Signature);
+            return Err(Refusal::Signature);
         }
         // The key may have been loaded with its issuer since the early check.
         self.check_issuer(&parsed.claims)?;
         identity_of(&parsed.claims)
     }
 
-    fn warn_inconclusive(&self, err: &VerifyError, now: i64) {
+    fn warn_inconclusive(&self, err: &Refusal, now: i64) {
         let slot = match err {
-            VerifyError::NoKeys => 0,
-            VerifyError::UnknownKid => 1,
+            Refusal::NoKeys => 0,
+            Refusal::UnknownKid => 1,
             _ => 2,
         };
         let last = self.warned[slot].load(Ordering::Relaxed);
@@ -378,7 +335,7 @@ impl TokenGate {
                 .is_ok()
         {
             warn!(
-                reason = err.reason(),
+                reason = err.as_str(),
                 "local verification inconclusive; forwarding the token to EKS Auth (keyed by the exact token)"
             );
         }
@@ -397,17 +354,14 @@ impl TokenGate {
 /// `sub` must be `system:serviceaccount:<ns>:<sa>`, and the `kubernetes.io`
 /// claims, when present, must be well-formed and name the same namespace
 /// and ServiceAccount.
-pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
-    let sub = claims.sub.as_deref().ok_or(VerifyError::Subject)?;
-    let rest = sub
-        .strip_prefix("system:serviceaccount:")
-        .ok_or(VerifyError::Subject)?;
-    let (namespace, service_account) = rest.split_once(':').ok_or(VerifyError::Subject)?;
-    if namespace.is_empty() || service_account.is_empty() || service_account.contains(':') {
-        return Err(VerifyError::Subject);
-    }
+pub fn identity_of(claims: &Claims) -> Result<Identity, Refusal> {
+    let (namespace, service_account) = claims
+        .sub
+        .as_deref()
+        .and_then(token::service_account)
+        .ok_or(Refusal::Subject)?;
     if claims.kubernetes_malformed {
-        return Err(VerifyError::KubernetesClaims);
+        return Err(Refusal::KubernetesClaims);
     }
     let mut identity = Identity {
         namespace: namespace.to_owned(),
@@ -418,12 +372,12 @@ pub fn identity_of(claims: &Claims) -> Result<Identity, VerifyError> {
     };
     if let Some(k) = &claims.kubernetes {
         if k.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-            return Err(VerifyError::KubernetesClaims);
+            return Err(Refusal::KubernetesClaims);
         }
         if let Some(sa) = &k.serviceaccount
             && sa.name.as_deref().is_some_and(|n| n != service_account)
         {
-            return Err(VerifyError::KubernetesClaims);
+            return Err(Refusal::KubernetesClaims);
         }
         if let Some(pod) = &k.pod {
             identity.pod_name = pod.name.clone();

@@ -148,10 +148,6 @@ impl<V: Clone> Memo<V> {
             .map(|s| s.read().expect("memo lock poisoned").bytes)
             .sum()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
