@@ -18,7 +18,7 @@ use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
 use crate::connections::Exemptions;
-use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
+use crate::eksauth::{EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
 use crate::env::Env;
 use crate::flow::Flows;
@@ -26,6 +26,7 @@ use crate::https::{CaBundle, HttpsClient, Trust, proxy_from};
 use crate::instance::Instance;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
 use crate::metrics::Metrics;
+use crate::policy::{GateConfig, Policy, PolicyConfig};
 use crate::probe::{Admin, InstanceProbes, Probes};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::reuseport;
@@ -194,22 +195,26 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         flows.clone(),
         metrics.clone(),
     );
-    let cache = CredentialCache::new(
-        CacheConfig {
-            retention: args.max_credential_retention_before_renewal,
-            max_size: args.max_cache_size,
-            max_service_qps: args.max_service_qps,
-            negative_ttl: args.negative_cache_ttl,
-            gate: CallGateConfig {
+    let cache_config = CacheConfig {
+        retention: args.max_credential_retention_before_renewal,
+        max_size: args.max_cache_size,
+        max_service_qps: args.max_service_qps,
+    };
+    let policy = Policy::new(
+        PolicyConfig {
+            gate: GateConfig {
                 rate: args.eks_auth_rate_limit,
                 burst: args.eks_auth_rate_burst,
                 queue_size: args.eks_auth_queue_size,
             },
+            negative_ttl: args.negative_cache_ttl,
+            capacity: args.max_cache_size,
         },
         Arc::new(eksauth),
         clock.clone(),
         metrics.clone(),
     );
+    let cache = CredentialCache::new(cache_config, policy, clock.clone(), metrics.clone());
     let endpoint = Arc::new(CredentialEndpoint::new(
         &args.allowed_hosts,
         admission,

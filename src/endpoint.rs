@@ -36,12 +36,13 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::admission::{Admission, AdmissionError};
-use crate::cache::{CredentialCache, FetchError, Outcome, TokenRef};
+use crate::cache::{CredentialCache, Outcome};
 use crate::clock::SharedClock;
 use crate::eksauth::EksAuthError;
 use crate::flow::Flows;
 use crate::logging::Topic;
 use crate::metrics::Metrics;
+use crate::policy::FetchError;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::serve::{Handler, HttpResponse, text_response};
 
@@ -65,7 +66,11 @@ pub enum RequestError {
     #[error(transparent)]
     Admission(#[from] AdmissionError),
     #[error(transparent)]
-    EksAuth(FetchError),
+    Fetch(Arc<FetchError>),
+    /// Upstream's cache words the failures of what it fetched so (the
+    /// endpoint words it when its cache is on).
+    #[error("error getting credentials to cache: {0}")]
+    Caching(Arc<FetchError>),
 }
 
 impl RequestError {
@@ -77,13 +82,14 @@ impl RequestError {
             RequestError::Host { .. } => StatusCode::FORBIDDEN,
             RequestError::Admission(_) => StatusCode::BAD_REQUEST,
             // Our own queue being full is a 503, which SDKs retry.
-            RequestError::EksAuth(err) if matches!(**err, EksAuthError::Saturated { .. }) => {
+            RequestError::Fetch(err) if matches!(**err, FetchError::Saturated { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             // EKS Auth's own error status passes through, as upstream's
             // does; everything else that went wrong fetching is a 500.
-            RequestError::EksAuth(err) => err
-                .upstream_status()
+            RequestError::Fetch(err) | RequestError::Caching(err) => err
+                .eksauth()
+                .and_then(EksAuthError::upstream_status)
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .filter(|s| s.is_client_error() || s.is_server_error())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -234,21 +240,29 @@ impl CredentialEndpoint {
                 (self.admission.admit(token, now_secs).await?, true)
             }
         };
-        let token_ref = || TokenRef {
-            raw: admitted.raw.clone(),
-            hash: admitted.hash,
-            expires: admitted.validity.expires,
-        };
+        let token_ref = || admitted.token_ref();
         let flow = admitted.flow.unwrap_or_else(source);
         let result = self
             .cache
             .get(&admitted.key, admitted.hash, token_ref, flow, now_ms)
             .await
-            .map_err(RequestError::EksAuth)?;
+            .map_err(|err| self.fetch_error(err))?;
         if first {
             self.admission.confirm(&admitted, now_secs);
         }
         Ok(result)
+    }
+}
+
+impl CredentialEndpoint {
+    /// Upstream's cache prefixes what its delegate could not give it (an
+    /// ARN that does not parse; EKS Auth's own errors keep their words).
+    fn fetch_error(&self, err: Arc<FetchError>) -> RequestError {
+        if self.cache.enabled() && matches!(err.eksauth(), Some(EksAuthError::Arn(_))) {
+            RequestError::Caching(err)
+        } else {
+            RequestError::Fetch(err)
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! A node-local credential agent for EKS Pod Identity, compatible with the
 //! upstream Go agent (aws/eks-pod-identity-agent v0.1.37).
 //!
-//! The request path reads in four modules: [`endpoint`] (checks, statuses)
-//! → [`admission`] (the token) → [`cache`] → [`eksauth`].
+//! The request path reads in five modules: [`endpoint`] (checks, statuses)
+//! → [`admission`] (the token) → [`cache`] → [`policy`] (when and whether
+//! EKS Auth is called) → [`eksauth`].
 //!
 //! - [`app`]: the `server` subcommand assembled: build, run, drain.
 //! - [`listeners`]: binding the credential, probe and metrics listeners.
@@ -12,6 +13,7 @@
 //! - [`gojson`]: JSON syntax and type errors worded as Go's `encoding/json`.
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
+//! - [`policy`]: the EKS Auth protection policy: negative answers, backoff, the gate, stale-on-error.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
 //! - [`https`]: the one HTTPS client (EKS Auth, issuer URL, API server): trust, proxy, timeouts.
 //! - [`env`]: the environment variables the agent reads, injectable.
@@ -61,6 +63,7 @@ pub mod jwks;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod probe;
 pub mod probe_socket;
 pub mod ratelimit;

@@ -430,7 +430,7 @@ async fn errors_reach_every_waiter_with_one_call() {
 /// HTTP client may or may not cancel its handler).
 #[tokio::test]
 async fn cancelled_first_caller_does_not_fail_the_others() {
-    use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
+    use pod_identity_agent::cache::{CacheKey, Outcome, TokenRef};
     use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
     use pod_identity_agent::metrics::Metrics;
     use pod_identity_agent::token::TokenHash;
@@ -464,18 +464,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
         metrics.clone(),
     )
     .await;
-    let cache = CredentialCache::new(
-        CacheConfig {
-            retention: Duration::from_secs(3 * 3600),
-            max_size: 100,
-            max_service_qps: 3.0,
-            negative_ttl: Duration::from_secs(5),
-            gate: pod_identity_agent::eksauth::CallGateConfig {
-                rate: 0.0,
-                burst: 0,
-                queue_size: 0,
-            },
-        },
+    let cache = testkit::cache_over(
         Arc::new(eksauth),
         pod_identity_agent::clock::system(),
         metrics.clone(),
@@ -489,6 +478,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             raw: token.clone(),
             hash,
             expires: None,
+            subject: Default::default(),
         }
     };
     let first = {
@@ -621,10 +611,11 @@ async fn an_unrepresentable_expiration_is_refused_and_the_pod_recovers() {
 async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again() {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
+    use pod_identity_agent::cache::{CacheKey, Outcome, TokenRef};
     use pod_identity_agent::credentials::{Credentials, Secret};
-    use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
+    use pod_identity_agent::eksauth::{BoxFuture, EksAuthError, Issued, Upstream};
     use pod_identity_agent::metrics::Metrics;
+    use pod_identity_agent::policy::FetchError;
     use pod_identity_agent::token::TokenHash;
     use tokio::sync::Notify;
 
@@ -669,18 +660,7 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
         release: Notify::new(),
     });
     let metrics = Arc::new(Metrics::new());
-    let cache = CredentialCache::new(
-        CacheConfig {
-            retention: Duration::from_secs(3 * 3600),
-            max_size: 100,
-            max_service_qps: 3.0,
-            negative_ttl: Duration::from_secs(5),
-            gate: CallGateConfig {
-                rate: 0.0,
-                burst: 0,
-                queue_size: 0,
-            },
-        },
+    let cache = testkit::cache_over(
         upstream.clone(),
         pod_identity_agent::clock::system(),
         metrics.clone(),
@@ -695,6 +675,7 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
                 raw: token,
                 hash,
                 expires: None,
+                subject: Default::default(),
             };
             let now = testkit::issuer::now_secs() as u64 * 1000;
             let flow = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
@@ -711,10 +692,7 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
     for waiter in [first, second] {
         let err = waiter.await.expect("the request itself does not panic");
         assert!(
-            matches!(
-                err.as_ref().map_err(|e| &**e),
-                Err(EksAuthError::FetchAborted)
-            ),
+            matches!(err.as_ref().map_err(|e| &**e), Err(FetchError::Aborted)),
             "{err:?}"
         );
     }

@@ -19,7 +19,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
+use pod_identity_agent::cache::{CacheKey, Outcome, TokenRef};
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::eksauth::{EksAuth, EksAuthConfig};
@@ -74,18 +74,7 @@ fn hit(c: &mut Criterion) {
             metrics.clone(),
         )
         .await;
-        let cache = CredentialCache::new(
-            CacheConfig {
-                retention: Duration::from_secs(3 * 3600),
-                max_size: 50_000,
-                max_service_qps: 3.0,
-                negative_ttl: Duration::from_secs(5),
-                gate: pod_identity_agent::eksauth::CallGateConfig {
-                    rate: 0.0,
-                    burst: 0,
-                    queue_size: 0,
-                },
-            },
+        let cache = testkit::cache_over(
             Arc::new(eksauth),
             pod_identity_agent::clock::system(),
             metrics,
@@ -106,6 +95,7 @@ fn hit(c: &mut Criterion) {
                         raw,
                         hash,
                         expires: None,
+                        subject: Default::default(),
                     },
                     flow,
                     SystemClock::default().now_ms(),

@@ -22,7 +22,8 @@ use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{ManualClock, SharedClock};
 use pod_identity_agent::credentials::{Credentials, Secret};
 use pod_identity_agent::eksauth::answer::from_answer;
-use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
+use pod_identity_agent::eksauth::{BoxFuture, EksAuthError, Issued, Upstream};
+use pod_identity_agent::policy::{GateConfig, Policy, PolicyConfig};
 use pod_identity_agent::endpoint::CredentialEndpoint;
 use pod_identity_agent::flow::Flows;
 use pod_identity_agent::https::{HttpsClient, ProxyConfig, Trust};
@@ -64,7 +65,7 @@ impl Upstream for StandIn {
                 6 => {
                     return Err(from_answer(503, "req-1".into(), "", b"<html>busy</html>"));
                 }
-                _ => return Err(EksAuthError::Saturated { queued: 1 }),
+                _ => return Err(EksAuthError::Incomplete("credentials")),
             };
             Ok(Issued {
                 credentials: Credentials {
@@ -151,21 +152,29 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
         flows.clone(),
         metrics.clone(),
     );
+    let policy = Policy::new(
+        PolicyConfig {
+            gate: GateConfig {
+                rate: 0.0,
+                burst: 1,
+                queue_size: 0,
+            },
+            negative_ttl: Duration::from_secs(5),
+            capacity: 100,
+        },
+        Arc::new(StandIn {
+            clock: clock.clone(),
+        }),
+        clock.clone(),
+        metrics.clone(),
+    );
     let cache = CredentialCache::new(
         CacheConfig {
             retention: Duration::from_secs(3 * 3600),
             max_size: 100,
             max_service_qps: 3.0,
-            negative_ttl: Duration::from_secs(5),
-            gate: CallGateConfig {
-                rate: 0.0,
-                burst: 1,
-                queue_size: 0,
-            },
         },
-        Arc::new(StandIn {
-            clock: clock.clone(),
-        }),
+        policy,
         clock.clone(),
         metrics.clone(),
     );

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
             // Every refusal is one line the pod can read.
             let text = e.to_string();
             assert!(!text.contains('\n'), "{text:?}");
-            let _ = e.reason();
+            let _ = e.as_str();
         }
     }
 });

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, TokenRef};
 use crate::cli::CacheScope;
 use crate::flow::{Flow, Flows};
 use crate::jwks::{self, KeyLookup, KeyStore};
@@ -66,6 +66,18 @@ pub struct Admitted {
     pub subject: Arc<Subject>,
     /// The key-store generation it was admitted under.
     generation: u64,
+}
+
+impl Admitted {
+    /// What the cache keeps of the token to fetch and refresh with.
+    pub fn token_ref(&self) -> TokenRef {
+        TokenRef {
+            raw: self.raw.clone(),
+            hash: self.hash,
+            expires: self.validity.expires,
+            subject: self.subject.clone(),
+        }
+    }
 }
 
 /// Why a token was not admitted (400).

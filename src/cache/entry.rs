@@ -2,7 +2,6 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -45,23 +44,4 @@ pub(super) fn tag(hash: &TokenHash) -> u64 {
             .try_into()
             .expect("a SHA-256 digest is longer than 8 bytes"),
     )
-}
-
-/// Exponential from 5 s to 5 min, with up to +50 % jitter.
-pub(super) fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(5).saturating_mul(1 << failures.saturating_sub(1).min(6));
-    base.min(Duration::from_secs(300))
-        .mul_f64(1.0 + 0.5 * rand::random::<f64>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert!(backoff(1) >= Duration::from_secs(5) && backoff(1) <= Duration::from_millis(7500));
-        assert!(backoff(30) <= Duration::from_secs(450));
-        assert!(backoff(30) >= Duration::from_secs(300));
-    }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::cli::CacheScope;
-use crate::token::{self, Identity, TokenHash};
+use crate::token::{Identity, Subject, TokenHash};
 
 /// A key is 33 bytes and allocates nothing: identities are kept as SHA-256
 /// digests, which are as strict as the identities themselves (collision
@@ -59,37 +59,6 @@ impl CacheKey {
     }
 }
 
-/// Who is asking, for logs only: read from the token's (possibly
-/// unverified) claims when a log line needs it, never stored.
-#[derive(Debug, Clone, Default)]
-pub struct Subject {
-    pub namespace: Option<String>,
-    pub service_account: Option<String>,
-    pub pod: Option<String>,
-}
-
-impl Subject {
-    pub fn of(token: &str) -> Self {
-        let Ok(parsed) = token::parse(token.as_bytes()) else {
-            return Self::default();
-        };
-        let claims = parsed.claims;
-        let (namespace, service_account) = claims
-            .sub
-            .as_deref()
-            .and_then(|s| s.strip_prefix("system:serviceaccount:"))
-            .and_then(|r| r.split_once(':'))
-            .map(|(n, s)| (Some(n.to_owned()), Some(s.to_owned())))
-            .unwrap_or_default();
-        let pod = claims.kubernetes.and_then(|k| k.pod).and_then(|p| p.name);
-        Self {
-            namespace,
-            service_account,
-            pod,
-        }
-    }
-}
-
 /// A token the cache may use to fetch or refresh.
 #[derive(Clone)]
 pub struct TokenRef {
@@ -97,6 +66,8 @@ pub struct TokenRef {
     pub hash: TokenHash,
     /// Token `exp` in epoch seconds: a token past it cannot refresh.
     pub expires: Option<i64>,
+    /// Who it says it is, for logs (read once, at admission).
+    pub subject: Arc<Subject>,
 }
 
 #[cfg(test)]

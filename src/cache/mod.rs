@@ -1,5 +1,7 @@
 //! Credential cache: identity-keyed, coalescing, refresh-ahead for pods that
-//! keep asking, stale-on-error and negative caching.
+//! keep asking. Look up; on a miss ask the [policy](crate::policy) (which
+//! decides whether and when EKS Auth is called, and what a failure
+//! becomes); store what it says; answer.
 //!
 //! Invariants:
 //! - A credential is served only to a request whose key equals the key it was
@@ -12,20 +14,15 @@
 //!   woken by a `watch` channel (no polling). The in-flight slot is removed
 //!   by a drop guard: a fetch that panics answers its waiters with a 500
 //!   and the next request starts a fresh one.
-//! - EKS Auth is protected three ways: irrecoverable answers are replayed
-//!   per token for `--negative-cache-ttl`; recoverable failures of keys with
-//!   no credential open a per-key backoff ([`backoff`]); every call passes
-//!   the node-wide gate ([`crate::eksauth::CallGate`]).
 //! - Expiry, renewal and refresh decisions read the injected [`Clock`]; moka
 //!   only bounds the number of entries.
 
-mod backoff;
 mod entry;
-mod fetch;
 mod key;
 mod refresh;
+mod store;
 
-pub use key::{CacheKey, Subject, TokenRef};
+pub use key::{CacheKey, TokenRef};
 pub use refresh::Maintenance;
 
 use std::collections::HashMap;
@@ -37,11 +34,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
-use crate::eksauth::{CallGate, CallGateConfig, Class, EksAuthError, Upstream};
 use crate::flow::Flow;
 use crate::metrics::Metrics;
+use crate::policy::{Class, FetchError, Policy};
 use crate::token::TokenHash;
-use backoff::Backoffs;
 use entry::{Entry, tag};
 
 /// Credentials with this little left are neither stored nor served from the
@@ -53,9 +49,14 @@ pub struct CacheConfig {
     pub retention: Duration,
     pub max_size: u64,
     pub max_service_qps: f64,
-    pub negative_ttl: Duration,
-    /// The node-wide cap on EKS Auth calls.
-    pub gate: CallGateConfig,
+}
+
+impl CacheConfig {
+    /// Whether credentials are kept at all (upstream: a size or a
+    /// retention of 0 turns the cache off).
+    pub fn enabled(&self) -> bool {
+        self.max_size > 0 && !self.retention.is_zero()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,18 +78,13 @@ impl Outcome {
     }
 }
 
-pub type FetchError = Arc<EksAuthError>;
-
 /// What one fetch gives every request that waited for it.
-type FetchResult = Result<(Bytes, Outcome), FetchError>;
+type FetchResult = Result<(Bytes, Outcome), Arc<FetchError>>;
 
 struct Inner {
     entries: Option<moka::sync::Cache<CacheKey, Arc<Entry>, ahash::RandomState>>,
-    negative: Option<moka::sync::Cache<TokenHash, (u64, FetchError), ahash::RandomState>>,
     inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<FetchResult>>>>,
-    backoffs: Backoffs,
-    gate: Arc<CallGate>,
-    upstream: Arc<dyn Upstream>,
+    policy: Policy,
     clock: SharedClock,
     config: CacheConfig,
     metrics: Arc<Metrics>,
@@ -122,31 +118,22 @@ impl Drop for InflightSlot {
 impl CredentialCache {
     pub fn new(
         config: CacheConfig,
-        upstream: Arc<dyn Upstream>,
+        policy: Policy,
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let enabled = config.max_size > 0 && !config.retention.is_zero();
         // Keys are digests already: a fast keyed hash is enough (moka's
         // default, SipHash, showed in the hit path's profile).
-        let entries = enabled.then(|| {
+        let entries = config.enabled().then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.max_size)
-                .build_with_hasher(ahash::RandomState::new())
-        });
-        let negative = (!config.negative_ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(config.max_size.max(1000))
                 .build_with_hasher(ahash::RandomState::new())
         });
         Self {
             inner: Arc::new(Inner {
                 entries,
-                negative,
                 inflight: Mutex::new(HashMap::new()),
-                backoffs: Backoffs::new(config.max_size),
-                gate: CallGate::new(config.gate, metrics.clone()),
-                upstream,
+                policy,
                 clock,
                 config,
                 hits: metrics.cache_state.with_label_values(&["hit"]),
@@ -166,7 +153,7 @@ impl CredentialCache {
         token: impl FnOnce() -> TokenRef,
         flow: Flow,
         now_ms: u64,
-    ) -> Result<(Bytes, Outcome), FetchError> {
+    ) -> Result<(Bytes, Outcome), Arc<FetchError>> {
         let inner = &self.inner;
         if let Some(entry) = inner.entries.as_ref().and_then(|e| e.get(key))
             && entry.servable(now_ms)
@@ -183,21 +170,7 @@ impl CredentialCache {
             inner.hits.inc();
             return Ok((entry.body.clone(), Outcome::Hit));
         }
-        if let Some(negative) = &inner.negative
-            && let Some((until, err)) = negative.get(&hash)
-        {
-            if now_ms < until {
-                inner.metrics.negative_hits.inc();
-                return Err(err);
-            }
-            negative.invalidate(&hash);
-        }
-        if let Some(err) = inner.backoffs.replay(key, now_ms) {
-            inner
-                .metrics
-                .calls_avoided
-                .with_label_values(&["backoff"])
-                .inc();
+        if let Some(err) = inner.policy.replay(key, &hash, now_ms) {
             return Err(err);
         }
         inner.metrics.cache_state.with_label_values(&["miss"]).inc();
@@ -235,12 +208,17 @@ impl CredentialCache {
             Ok(v) => v.clone().expect("wait_for returned a filled slot"),
             // The fetch task panicked: its slot is gone, the next request
             // starts afresh.
-            Err(_) => Err(Arc::new(EksAuthError::FetchAborted)),
+            Err(_) => Err(Arc::new(FetchError::Aborted)),
         };
         match result {
             Ok((body, Outcome::Miss)) if joined => Ok((body, Outcome::Coalesced)),
             other => other,
         }
+    }
+
+    /// Whether credentials are kept (see [`CacheConfig::enabled`]).
+    pub fn enabled(&self) -> bool {
+        self.inner.entries.is_some()
     }
 
     pub fn len(&self) -> u64 {

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::entry::Entry;
 use super::{CacheKey, CredentialCache, Outcome};
-use crate::eksauth::Class;
+use crate::policy::Class;
 
 /// What one maintenance pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,6 @@ impl CredentialCache {
             {
                 due.push((entry.refresh_at_ms.load(Ordering::Relaxed), key, entry));
             }
-        }
-        if let Some(negative) = &inner.negative {
-            negative.run_pending_tasks();
         }
         entries.run_pending_tasks();
         inner

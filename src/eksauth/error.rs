@@ -13,22 +13,20 @@
 //! non-object, wrong value types) gives just `[<request-id>]`. The pod gets
 //! EKS Auth's status and `[<request-id>]: (<Code>): <message>, fault: <fault>`.
 
-#[cfg(feature = "aws-sdk")]
-use aws_sdk_eksauth::error::SdkError;
-#[cfg(feature = "aws-sdk")]
-use aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityError;
-#[cfg(feature = "aws-sdk")]
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::credentials::{ArnError, ExpirationOutOfRange};
 
+/// The SDK's error for one call.
 #[cfg(feature = "aws-sdk")]
-pub(super) type Sdk = SdkError<AssumeRoleForPodIdentityError, HttpResponse>;
+pub type Sdk = aws_sdk_eksauth::error::SdkError<
+    aws_sdk_eksauth::operation::assume_role_for_pod_identity::AssumeRoleForPodIdentityError,
+    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+>;
 /// Without the SDK (the fuzz targets) no call is made: the variants that
 /// carry its errors cannot occur.
 #[cfg(not(feature = "aws-sdk"))]
-pub(super) type Sdk = std::convert::Infallible;
+pub type Sdk = std::convert::Infallible;
 
 /// The error codes of the EKS Auth service model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,24 +138,10 @@ pub enum EksAuthError {
         source: ExpirationOutOfRange,
         request_id: String,
     },
-    /// The task fetching for this identity ended without a result (it
-    /// panicked): its waiters get a 500, the next request a fresh fetch.
-    #[error("fetching credentials failed unexpectedly; retry")]
-    FetchAborted,
-    /// Upstream's wording; the cache adds its prefix as upstream's does.
-    #[error("{}unable to parse arn from assumed role: {source}", if *.via_cache { "error getting credentials to cache: " } else { "" })]
-    Arn { source: ArnError, via_cache: bool },
-    /// The node-wide call queue is full ([`super::CallGate`]): the request
-    /// is refused at once (503, which SDKs retry) rather than queued.
-    #[error(
-        "too many credential requests are waiting for EKS Auth ({queued} queued); retry shortly"
-    )]
-    Saturated { queued: usize },
-    /// The credentials EKS Auth issued are already expired or expire within
-    /// the serving margin: an SDK could not use them. `remaining_ms` is their
-    /// time left when checked (negative when past), printed as upstream does.
-    #[error("fetched credentials are expired or will expire within the next {:.2} seconds", *.remaining_ms as f64 / 1000.0)]
-    Expiring { remaining_ms: i64 },
+    /// The assumed-role ARN does not parse (upstream's wording; the
+    /// endpoint adds upstream's cache prefix when the cache is on).
+    #[error("unable to parse arn from assumed role: {0}")]
+    Arn(ArnError),
 }
 
 impl EksAuthError {
@@ -171,10 +155,7 @@ impl EksAuthError {
             EksAuthError::Incomplete(_) => "IncompleteResponse",
             EksAuthError::Unreadable { .. } => "UnreadableResponse",
             EksAuthError::Expiration { .. } => "InvalidExpiration",
-            EksAuthError::FetchAborted => "FetchAborted",
-            EksAuthError::Arn { .. } => "InvalidRoleArn",
-            EksAuthError::Expiring { .. } => "ExpiringCredentials",
-            EksAuthError::Saturated { .. } => "QueueFull",
+            EksAuthError::Arn(_) => "InvalidRoleArn",
         }
     }
 
@@ -226,63 +207,5 @@ impl EksAuthError {
             EksAuthError::Timeout(_) | EksAuthError::Transport(_) => true,
             _ => self.is_throttling() || self.upstream_status().is_some_and(|s| s >= 500),
         }
-    }
-}
-
-/// The request id EKS Auth sent, or empty.
-#[cfg(feature = "aws-sdk")]
-fn request_id(raw: &HttpResponse) -> String {
-    ["x-amzn-requestid", "x-amz-requestid"]
-        .iter()
-        .find_map(|h| raw.headers().get(*h))
-        .unwrap_or_default()
-        .to_owned()
-}
-
-#[cfg(feature = "aws-sdk")]
-pub(super) fn classify(err: Sdk) -> EksAuthError {
-    match &err {
-        // A 2xx that failed to deserialize surfaces as an unhandled service
-        // error carrying the success status.
-        SdkError::ServiceError(service) if service.raw().status().is_success() => {
-            EksAuthError::Unreadable {
-                status: service.raw().status().as_u16(),
-                request_id: request_id(service.raw()),
-            }
-        }
-        SdkError::ServiceError(service) => {
-            let raw = service.raw();
-            let status = raw.status().as_u16();
-            let request_id = request_id(raw);
-            let header_code = raw.headers().get("x-amzn-errortype").unwrap_or_default();
-            let body = raw.body().bytes().unwrap_or_default();
-            super::answer::from_answer(status, request_id, header_code, body)
-        }
-        SdkError::TimeoutError(_) => EksAuthError::Timeout(Box::new(err)),
-        SdkError::DispatchFailure(d) if d.is_timeout() => EksAuthError::Timeout(Box::new(err)),
-        _ => EksAuthError::Transport(Box::new(err)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiring_is_printed_with_the_time_left() {
-        assert_eq!(
-            EksAuthError::Expiring {
-                remaining_ms: 14_000
-            }
-            .to_string(),
-            "fetched credentials are expired or will expire within the next 14.00 seconds"
-        );
-        assert_eq!(
-            EksAuthError::Expiring {
-                remaining_ms: -3_600_000
-            }
-            .to_string(),
-            "fetched credentials are expired or will expire within the next -3600.00 seconds"
-        );
     }
 }

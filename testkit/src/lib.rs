@@ -24,3 +24,41 @@ pub mod emulator;
 pub mod issuer;
 pub mod net;
 pub mod tls;
+
+/// A credential cache over `upstream` with the agent's defaults except the
+/// gate (off: no call waits) and a large size: what tests and benchmarks of
+/// the cache alone start from.
+pub fn cache_over(
+    upstream: std::sync::Arc<dyn pod_identity_agent::eksauth::Upstream>,
+    clock: pod_identity_agent::clock::SharedClock,
+    metrics: std::sync::Arc<pod_identity_agent::metrics::Metrics>,
+) -> pod_identity_agent::cache::CredentialCache {
+    use pod_identity_agent::cache::{CacheConfig, CredentialCache};
+    use pod_identity_agent::policy::{GateConfig, Policy, PolicyConfig};
+    use std::time::Duration;
+    const SIZE: u64 = 100_000;
+    let policy = Policy::new(
+        PolicyConfig {
+            gate: GateConfig {
+                rate: 0.0,
+                burst: 0,
+                queue_size: 0,
+            },
+            negative_ttl: Duration::from_secs(5),
+            capacity: SIZE,
+        },
+        upstream,
+        clock.clone(),
+        metrics.clone(),
+    );
+    CredentialCache::new(
+        CacheConfig {
+            retention: Duration::from_secs(3 * 3600),
+            max_size: SIZE,
+            max_service_qps: 3.0,
+        },
+        policy,
+        clock,
+        metrics,
+    )
+}

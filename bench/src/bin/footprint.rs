@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use aws_smithy_types::DateTime;
 use pod_identity_agent::admission::{Admission, AdmissionConfig};
-use pod_identity_agent::cache::{CacheConfig, CredentialCache, TokenRef};
+
 use pod_identity_agent::cli::CacheScope;
 use pod_identity_agent::clock::{Clock, SystemClock};
 use pod_identity_agent::credentials::{Credentials, Secret};
-use pod_identity_agent::eksauth::{BoxFuture, CallGateConfig, EksAuthError, Issued, Upstream};
+use pod_identity_agent::eksauth::{BoxFuture, EksAuthError, Issued, Upstream};
 use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
 use pod_identity_agent::metrics::Metrics;
 use testkit::issuer::{Issuer, TokenSpec};
@@ -110,22 +110,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
         pod_identity_agent::flow::Flows::new(),
         metrics.clone(),
     );
-    let cache = CredentialCache::new(
-        CacheConfig {
-            retention: Duration::from_secs(3 * 3600),
-            max_size: 50_000,
-            max_service_qps: 3.0,
-            negative_ttl: Duration::from_secs(5),
-            gate: CallGateConfig {
-                rate: 0.0,
-                burst: 0,
-                queue_size: 0,
-            },
-        },
-        Arc::new(Model),
-        clock.clone(),
-        metrics,
-    );
+    let cache = testkit::cache_over(Arc::new(Model), clock.clone(), metrics);
     let empty = live() - before;
     // Every request from one address; verified tokens are their workload's.
     let source = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
@@ -138,11 +123,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
                 .lookup_or_admit(token.as_bytes(), (now / 1000) as i64)
                 .await
                 .expect("a valid token");
-            let token_ref = || TokenRef {
-                raw: admitted.raw.clone(),
-                hash: admitted.hash,
-                expires: admitted.validity.expires,
-            };
+            let token_ref = || admitted.token_ref();
             let got = cache
                 .get(
                     &admitted.key,
@@ -190,11 +171,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
             .lookup_or_admit(probe.as_bytes(), (now / 1000) as i64)
             .await
             .unwrap();
-        let token_ref = || TokenRef {
-            raw: admitted.raw.clone(),
-            hash: admitted.hash,
-            expires: admitted.validity.expires,
-        };
+        let token_ref = || admitted.token_ref();
         std::hint::black_box(
             cache
                 .get(

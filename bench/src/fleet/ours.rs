@@ -24,8 +24,9 @@ use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use pod_identity_agent::cache::{CacheConfig, CacheKey, CredentialCache, Outcome, TokenRef};
 use pod_identity_agent::clock::Clock;
-use pod_identity_agent::eksauth::{CallGateConfig, EksAuthError};
+use pod_identity_agent::eksauth::EksAuthError;
 use pod_identity_agent::metrics::Metrics;
+use pod_identity_agent::policy::{FetchError, GateConfig, Policy, PolicyConfig};
 use tokio::sync::Notify;
 
 use super::eksauth::{NodeSdk, SimClock};
@@ -35,19 +36,24 @@ use super::pods::{Answer, NodeAgent, Token};
 const FINE_AFTER_STALE: Duration = Duration::from_secs(8 * 60);
 const AGENT_PERIOD: Duration = Duration::from_secs(5);
 
-/// The agent's defaults (`server` flags).
-pub fn agent_config(retention: Duration) -> CacheConfig {
-    CacheConfig {
-        retention,
-        max_size: 2000,
-        max_service_qps: 3.0,
-        negative_ttl: Duration::from_secs(5),
-        gate: CallGateConfig {
-            rate: 20.0,
-            burst: 40,
-            queue_size: 1000,
+/// The agent's defaults (`server` flags): the cache's and the policy's.
+pub fn agent_config(retention: Duration) -> (CacheConfig, PolicyConfig) {
+    (
+        CacheConfig {
+            retention,
+            max_size: 2000,
+            max_service_qps: 3.0,
         },
-    }
+        PolicyConfig {
+            gate: GateConfig {
+                rate: 20.0,
+                burst: 40,
+                queue_size: 1000,
+            },
+            negative_ttl: Duration::from_secs(5),
+            capacity: 2000,
+        },
+    )
 }
 
 pub struct OursNode {
@@ -60,10 +66,12 @@ pub struct OursNode {
 }
 
 impl OursNode {
-    pub fn new(config: CacheConfig, sdk: Arc<NodeSdk>, clock: SimClock) -> Self {
+    pub fn new(config: (CacheConfig, PolicyConfig), sdk: Arc<NodeSdk>, clock: SimClock) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let (cache, policy) = config;
+        let policy = Policy::new(policy, sdk, Arc::new(clock), metrics.clone());
         Self {
-            cache: CredentialCache::new(config, sdk, Arc::new(clock), metrics.clone()),
+            cache: CredentialCache::new(cache, policy, Arc::new(clock), metrics.clone()),
             metrics,
             clock,
             stale: Notify::new(),
@@ -98,11 +106,12 @@ impl OursNode {
 }
 
 /// The status the endpoint would answer (`endpoint::RequestError::status`).
-fn status(err: &EksAuthError) -> u16 {
+fn status(err: &FetchError) -> u16 {
     match err {
-        EksAuthError::Saturated { .. } => 503,
+        FetchError::Saturated { .. } => 503,
         e => e
-            .upstream_status()
+            .eksauth()
+            .and_then(EksAuthError::upstream_status)
             .filter(|s| (400..600).contains(s))
             .unwrap_or(500),
     }
@@ -125,6 +134,7 @@ impl NodeAgent for OursNode {
             raw: token.raw.clone(),
             hash: token.hash,
             expires: Some(token.exp_s as i64),
+            subject: Default::default(),
         };
         // Each simulated pod is its own flow (a pod has its own address);
         // the token's digest stands in for it.

@@ -1,4 +1,4 @@
-//! The node-wide cap on EKS Auth calls: a token bucket at
+//! The gate: the node's budget of EKS Auth calls: a token bucket at
 //! `--eks-auth-rate-limit` calls/s (burst `--eks-auth-rate-burst`) that
 //! every call passes, misses and refreshes alike, with
 //! - misses served before refreshes (a refresh renews a credential still
@@ -49,7 +49,7 @@ use crate::flow::Flow;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CallGateConfig {
+pub struct GateConfig {
     /// Calls per second at most; 0 disables the cap.
     pub rate: f64,
     pub burst: u32,
@@ -195,8 +195,8 @@ impl State {
     }
 }
 
-pub struct CallGate {
-    config: CallGateConfig,
+pub struct Gate {
+    config: GateConfig,
     state: Mutex<State>,
     /// Shared with the dispatcher, which holds no strong reference to the
     /// gate: dropping the gate wakes it to exit.
@@ -204,15 +204,15 @@ pub struct CallGate {
     metrics: Arc<Metrics>,
 }
 
-impl Drop for CallGate {
+impl Drop for Gate {
     fn drop(&mut self) {
         self.wake.notify_one();
     }
 }
 
-impl CallGate {
+impl Gate {
     /// Starts the dispatcher task; it ends when the gate is dropped.
-    pub fn new(config: CallGateConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(config: GateConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         let now = Instant::now();
         let gate = Arc::new(Self {
             config,
@@ -335,7 +335,7 @@ impl CallGate {
 }
 
 /// Releases queued callers as tokens become available, misses first.
-async fn dispatch(gate: std::sync::Weak<CallGate>, wake: Arc<Notify>) {
+async fn dispatch(gate: std::sync::Weak<Gate>, wake: Arc<Notify>) {
     loop {
         let Some(g) = gate.upgrade() else { return };
         let wait = {
@@ -378,9 +378,9 @@ async fn dispatch(gate: std::sync::Weak<CallGate>, wake: Arc<Notify>) {
 mod tests {
     use super::*;
 
-    fn gate(rate: f64, burst: u32, queue_size: usize) -> Arc<CallGate> {
-        CallGate::new(
-            CallGateConfig {
+    fn gate(rate: f64, burst: u32, queue_size: usize) -> Arc<Gate> {
+        Gate::new(
+            GateConfig {
                 rate,
                 burst,
                 queue_size,
@@ -391,7 +391,7 @@ mod tests {
 
     /// Acquires `n` slots of `class`, each in its own task; returns the
     /// order in which they were granted (by index) and when.
-    async fn grants(g: &Arc<CallGate>, classes: &[Class]) -> Vec<(usize, Duration)> {
+    async fn grants(g: &Arc<Gate>, classes: &[Class]) -> Vec<(usize, Duration)> {
         let start = Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (i, class) in classes.iter().copied().enumerate() {
