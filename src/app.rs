@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::{info, warn};
 
-use crate::ca_bundle::{CaBundle, HttpsClient};
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
 use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
+use crate::env::Env;
+use crate::https::{CaBundle, HttpsClient, Trust, proxy_from};
 use crate::instance::Instance;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
 use crate::metrics::Metrics;
@@ -39,7 +40,7 @@ pub enum ServerError {
     #[error("invalid --allowed-hosts: empty")]
     NoAllowedHosts,
     #[error(transparent)]
-    CaBundle(#[from] crate::ca_bundle::CaBundleError),
+    CaBundle(#[from] crate::https::CaBundleError),
 }
 
 /// Everything `server` needs besides its flags; tests inject a clock and
@@ -52,7 +53,7 @@ pub struct Options {
     pub credentials: Option<SharedCredentialsProvider>,
     /// Environment lookup (KUBERNETES_SERVICE_HOST/PORT, shared credentials
     /// file, AWS_CA_BUNDLE, POD_NAME).
-    pub env: fn(&str) -> Option<String>,
+    pub env: Env,
 }
 
 impl Options {
@@ -61,7 +62,7 @@ impl Options {
             args,
             clock: crate::clock::system(),
             credentials: None,
-            env: |k| std::env::var(k).ok(),
+            env: Env::process(),
         }
     }
 }
@@ -88,20 +89,24 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         return Err(ServerError::NoAllowedHosts);
     }
     let metrics = Arc::new(Metrics::new());
-    let instance = Arc::new(Instance::new(env("POD_NAME"), clock.now_secs()));
+    let instance = Arc::new(Instance::new(env.var("POD_NAME"), clock.now_secs()));
     metrics.register_instance(&instance);
     let credentials = match credentials {
         Some(c) => Some(c),
         None if args.rotate_credentials => Some(SharedCredentialsProvider::new(
-            crate::rotating::SharedFileCredentials::from_env(env, args.credentials_reload_interval),
+            crate::rotating::SharedFileCredentials::from_env(
+                &env,
+                args.credentials_reload_interval,
+            ),
         )),
         None => None,
     };
-    let bundle = match CaBundle::path_from(args.ca_bundle.as_deref(), env) {
+    let bundle = match CaBundle::path_from(args.ca_bundle.as_deref(), &env) {
         Some(path) => Some(CaBundle::load(&path)?),
         None => None,
     };
-    let http_client = Some(HttpsClient::new(bundle.as_ref()).shared());
+    let proxy = proxy_from(&env);
+    let aws_client = HttpsClient::new(&Trust::system().and(bundle.as_ref()), proxy.clone());
     let eksauth = EksAuth::with_http_client(
         EksAuthConfig {
             cluster_name: args.cluster_name.clone(),
@@ -112,7 +117,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             max_attempts: args.eks_auth_max_attempts,
             credentials,
         },
-        http_client,
+        Some(aws_client.shared()),
         metrics.clone(),
     )
     .await;
@@ -121,34 +126,50 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         &v.jwks_source,
         v.kube_api_url.as_deref(),
         &v.service_account_dir,
-        env,
+        |name| env.var(name),
     )?;
-    let issuer = v.token_issuer.clone().or_else(|| match &source {
-        Some(KeySource::Issuer { url }) => Some(url.clone()),
-        _ => None,
-    });
+    let issuer = match (&v.token_issuer, &source) {
+        (Some(issuer), _) => Some(issuer.clone()),
+        (None, Some(KeySource::File(_))) => return Err(JwksError::NoIssuer.into()),
+        // The API server's discovery document or the issuer URL says,
+        // with the keys.
+        (None, _) => None,
+    };
+    info!(
+        jwks_source = %v.jwks_source,
+        keys = source.as_ref().map_or("none", KeySource::label),
+        token_issuer = issuer.as_deref().unwrap_or("from the key source"),
+        "token verification"
+    );
     let keys = match source {
         None => None,
         Some(source) => {
-            // In-cluster, the API server's CA is the mounted ServiceAccount's.
-            let ca_file = match (&source, &v.jwks_ca_file) {
-                (_, Some(ca)) => Some(ca.clone()),
-                (KeySource::ApiServer { sa_dir, .. }, None) => {
-                    Some(sa_dir.join("ca.crt")).filter(|p| p.exists())
-                }
-                _ => None,
+            // Extra roots for key sources; the API server is trusted through
+            // its own CA (the mounted ServiceAccount's), as in-cluster
+            // clients do.
+            let jwks_ca = match &v.jwks_ca_file {
+                Some(path) => Some(CaBundle::load(path)?),
+                None => None,
             };
+            let trust = match &source {
+                KeySource::ApiServer { sa_dir, .. } if sa_dir.join("ca.crt").is_file() => {
+                    let cluster_ca = CaBundle::load(&sa_dir.join("ca.crt"))?;
+                    Trust::private().and(Some(&cluster_ca))
+                }
+                _ => Trust::system().and(bundle.as_ref()),
+            };
+            let client = HttpsClient::new(&trust.and(jwks_ca.as_ref()), proxy);
             let store = Arc::new(KeyStore::new(
                 KeyStoreConfig {
                     source,
-                    ca_file,
+                    client,
                     cache_path: v.jwks_cache_path.clone(),
                     refetch_interval: v.jwks_refetch_interval,
                 },
                 metrics.clone(),
-            )?);
+            ));
             if let Err(err) = store.initial_load().await {
-                warn!(error = %err, "signing keys unavailable at start; tokens are admitted unverified until they load");
+                warn!(error = %err, "signing keys unavailable at start; tokens are forwarded to EKS Auth unverified until they load");
             }
             store.spawn_refresh(v.jwks_refresh_interval);
             Some(store)

@@ -226,18 +226,22 @@ pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Local token verification (JWKS). Default `none`: upstream behaviour,
-/// only byte-equal tokens share a cached credential.
+/// Local token verification (JWKS). Default `auto`: the API server's keys
+/// when the agent runs in a pod with a ServiceAccount token, else none
+/// (upstream's behaviour: only byte-equal tokens share a cached credential).
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Where signing keys come from: `none`, `apiserver` (in-cluster
+    /// Where signing keys come from: `auto` (`apiserver` in a pod with a
+    /// ServiceAccount token, else `none`), `none`, `apiserver` (in-cluster
     /// /openid/v1/jwks), an issuer URL (OIDC discovery), or `file:<path>`.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "auto")]
     pub jwks_source: String,
-    /// Expected `iss` claim (default: the issuer URL when the source is one; unchecked otherwise).
+    /// Expected `iss` claim (default: the API server's discovery document,
+    /// or the issuer URL; required with `file:`).
     #[arg(long)]
     pub token_issuer: Option<String>,
-    /// Extra CA bundle (PEM) trusted for HTTPS key sources.
+    /// Extra CA bundle (PEM) trusted for key sources, besides --ca-bundle
+    /// (issuer URL) or the ServiceAccount's ca.crt (API server).
     #[arg(long)]
     pub jwks_ca_file: Option<PathBuf>,
     /// Last-known-good JWKS is written here and loaded at start if the source is unreachable.
@@ -265,11 +269,11 @@ pub struct VerifyArgs {
     /// before Kubernetes 1.30 issue none).
     #[arg(long, requires = "node_name")]
     pub require_node_claim: bool,
-    /// Kubernetes API URL for `--jwks-source apiserver` (default:
+    /// Kubernetes API URL for `--jwks-source apiserver`/`auto` (default:
     /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
     #[arg(long)]
     pub kube_api_url: Option<String>,
-    /// Mounted ServiceAccount (token, ca.crt) used for `--jwks-source apiserver`.
+    /// Mounted ServiceAccount (token, ca.crt) used for `--jwks-source apiserver`/`auto`.
     #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
     pub service_account_dir: PathBuf,
     /// Verified tokens remembered so they are not verified again.

@@ -14,7 +14,8 @@
 //! - [`jwks`]: signing keys: sources, the key set, the store.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
-//! - [`ca_bundle`]: the HTTPS client for AWS calls; `--ca-bundle`/`AWS_CA_BUNDLE`.
+//! - [`https`]: the one HTTPS client (EKS Auth, issuer URL, API server): trust, proxy, timeouts.
+//! - [`env`]: the environment variables the agent reads, injectable.
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
 //! - [`serve`]: hardened HTTP/1 serving shared by every listener.
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
@@ -34,7 +35,6 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod ca_bundle;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -42,7 +42,9 @@ pub mod credentials;
 pub mod duration;
 pub mod eksauth;
 pub mod endpoint;
+pub mod env;
 pub mod gojson;
+pub mod https;
 pub mod instance;
 pub mod jwks;
 pub mod listeners;

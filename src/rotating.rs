@@ -31,11 +31,12 @@ impl SharedFileCredentials {
         }
     }
 
-    pub fn from_env(env: fn(&str) -> Option<String>, interval: Duration) -> Self {
-        let path = env("AWS_SHARED_CREDENTIALS_FILE")
+    pub fn from_env(env: &crate::env::Env, interval: Duration) -> Self {
+        let path = env
+            .var("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                PathBuf::from(env("HOME").unwrap_or_else(|| "/root".into()))
+                PathBuf::from(env.var("HOME").unwrap_or_else(|| "/root".into()))
                     .join(".aws/credentials")
             });
         Self::new(path, interval)

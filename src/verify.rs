@@ -6,13 +6,17 @@
 //! - **verified**: the token gets an [`Identity`] and an identity cache key;
 //! - **definite refusal** (400, EKS Auth never called): a known kid with a
 //!   bad signature, `alg` none/HS*/not the key's, a key embedded in the
-//!   header, claims that contradict each other, a node claim naming
-//!   another node (`--node-name`);
+//!   header, claims that contradict each other, an `iss` other than the
+//!   expected issuer (`--token-issuer`, else the one the key source names),
+//!   a node claim naming another node (`--node-name`);
 //! - **inconclusive** (no key loaded, kid still unknown after the coalesced
-//!   refetch, no kid, issuer other than `--token-issuer`): the token goes
-//!   to EKS Auth like an unverified one, keyed by its hash, counted, and
-//!   warned about at most once a minute per reason; `--strict-verification`
-//!   refuses it instead.
+//!   refetch, no kid): the token goes to EKS Auth like an unverified one,
+//!   keyed by its hash, counted, and warned about at most once a minute per
+//!   reason; `--strict-verification` refuses it instead.
+//!
+//! The issuer and node checks read claims before the signature is checked:
+//! they can only refuse (a token naming another issuer or node cannot be
+//! this cluster's token for this node), never admit.
 //!
 //! Only a signature-verified token yields an identity key; everything else
 //! is keyed by the token's hash. Admitted tokens are remembered until they
@@ -84,10 +88,7 @@ impl VerifyError {
     pub fn inconclusive(&self) -> bool {
         matches!(
             self,
-            VerifyError::MissingKid
-                | VerifyError::UnknownKid
-                | VerifyError::NoKeys
-                | VerifyError::Issuer
+            VerifyError::MissingKid | VerifyError::UnknownKid | VerifyError::NoKeys
         )
     }
 }
@@ -135,7 +136,7 @@ pub struct TokenGate {
     fairness: ahash::RandomState,
     metrics: Arc<Metrics>,
     /// Last warning per inconclusive reason (epoch seconds), one a minute.
-    warned: [AtomicU64; 4],
+    warned: [AtomicU64; 3],
 }
 
 impl TokenGate {
@@ -191,6 +192,10 @@ impl TokenGate {
                 node = self.config.node_name.as_deref(),
                 "refused a token bound to another node"
             );
+            return Err(err.into());
+        }
+        if let Err(err) = self.check_issuer(&parsed.claims) {
+            self.outcome(err.reason());
             return Err(err.into());
         }
         let identity = match &self.keys {
@@ -257,6 +262,16 @@ impl TokenGate {
         }
     }
 
+    /// The expected issuer: `--token-issuer`, else the one the key source
+    /// names (unknown until keys load).
+    fn check_issuer(&self, claims: &Claims) -> Result<(), VerifyError> {
+        let from_keys = self.keys.as_ref().and_then(|k| k.issuer());
+        match self.config.issuer.as_deref().or(from_keys.as_deref()) {
+            Some(expected) if claims.iss.as_deref() != Some(expected) => Err(VerifyError::Issuer),
+            _ => Ok(()),
+        }
+    }
+
     async fn verify(&self, keys: &KeyStore, parsed: &Parsed<'_>) -> Result<Identity, VerifyError> {
         let header = &parsed.header;
         let (alg, _) = jwks::algorithm(&header.alg)
@@ -280,21 +295,16 @@ impl TokenGate {
         if !key.verify(parsed.signing_input.as_bytes(), parsed.signature) {
             return Err(VerifyError::Signature);
         }
-        let claims = &parsed.claims;
-        if let Some(iss) = &self.config.issuer
-            && claims.iss.as_deref() != Some(iss.as_str())
-        {
-            return Err(VerifyError::Issuer);
-        }
-        identity_of(claims)
+        // The key may have been loaded with its issuer since the early check.
+        self.check_issuer(&parsed.claims)?;
+        identity_of(&parsed.claims)
     }
 
     fn warn_inconclusive(&self, err: &VerifyError, now: i64) {
         let slot = match err {
             VerifyError::NoKeys => 0,
             VerifyError::UnknownKid => 1,
-            VerifyError::MissingKid => 2,
-            _ => 3,
+            _ => 2,
         };
         let last = self.warned[slot].load(Ordering::Relaxed);
         if now >= last as i64 + 60

@@ -779,6 +779,7 @@ async fn probe_sockets_tell_two_agents_apart_where_the_shared_port_cannot() {
     let mut b_args = args;
     b_args.probe_socket = Some(dir.0.join("b.sock"));
     b_args.verify.jwks_source = format!("file:{}", dir.0.join("no-such-jwks.json").display());
+    b_args.verify.token_issuer = Some(w.url());
     // Readiness waits for keys only when tokens must be verified.
     b_args.verify.strict_verification = true;
     let a = w.agent_with(a_args, None).await;

@@ -277,15 +277,6 @@ async fn inconclusive_tokens_are_forwarded_to_eks_auth() {
                 .unwrap(),
             "inconclusive_unknown_kid",
         ),
-        (
-            "another issuer",
-            {
-                let mut c = c.clone();
-                c["iss"] = json!("https://evil.example");
-                w.issuer.sign_claims(&c).unwrap()
-            },
-            "inconclusive_issuer",
-        ),
     ];
     for (i, (what, token, counted)) in refused_by_eks_auth.iter().enumerate() {
         let r = agent.creds(token).await;
@@ -298,6 +289,25 @@ async fn inconclusive_tokens_are_forwarded_to_eks_auth() {
         assert_eq!(w.emulator.calls(), i as u64 + 1, "{what}: forwarded");
         assert!(outcome(&agent, counted) > 0, "{what}: {counted}");
     }
+    // A correctly signed token naming another issuer is not this cluster's:
+    // refused here, whatever its key.
+    let calls = w.emulator.calls();
+    for (what, header) in [
+        ("known kid", json!({"alg":"RS256","kid":k})),
+        ("unknown kid", json!({"alg":"RS256","kid":"nope"})),
+    ] {
+        let mut c = c.clone();
+        c["iss"] = json!("https://evil.example");
+        let token = w.issuer.sign_with_header(&header, &c).unwrap();
+        let r = agent.creds(&token).await;
+        assert_eq!(
+            (r.status, r.body.trim_end()),
+            (400, format!("{PREFIX}token issuer is not trusted").as_str()),
+            "{what}"
+        );
+    }
+    assert_eq!(w.emulator.calls(), calls, "never forwarded");
+    assert_eq!(outcome(&agent, "issuer"), 2);
     // A key the cluster already signs with, not yet in the agent's source:
     // EKS Auth accepts, and the pod is served.
     w.issuer.rotate().unwrap();
@@ -414,7 +424,10 @@ async fn a_key_replaced_under_its_kid_invalidates_what_it_verified() {
     let path = tmp("jwks.json");
     std::fs::write(&path, w.issuer.jwks().to_string()).unwrap();
     let source = format!("file:{}", path.display());
-    let agent = w.agent(&["--jwks-source", &source]).await;
+    let issuer = w.url();
+    let agent = w
+        .agent(&["--jwks-source", &source, "--token-issuer", &issuer])
+        .await;
     let k = kid(&w);
     let stolen = w.token("default", "app", "victim");
     assert_eq!(agent.creds(&stolen).await.status, 200);
@@ -450,7 +463,10 @@ async fn an_unverified_admission_is_checked_once_keys_load() {
     let w = World::start().await;
     let path = tmp("jwks.json");
     let source = format!("file:{}", path.display());
-    let agent = w.agent(&["--jwks-source", &source]).await;
+    let issuer = w.url();
+    let agent = w
+        .agent(&["--jwks-source", &source, "--token-issuer", &issuer])
+        .await;
     let t = w.token("default", "app", "p");
     assert_eq!(agent.creds(&t).await.status, 200);
     assert_eq!(outcome(&agent, "inconclusive_no_keys"), 1);
@@ -548,42 +564,18 @@ async fn unknown_kid_storm_makes_one_fetch() {
     );
 }
 
-fn test_ca() -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer as CaIssuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = CaIssuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca_cert.pem(), Arc::new(config))
-}
-
 /// The issuer's documents over HTTPS, served by a second emulator sharing
 /// the issuer.
 async fn https_keys(w: &World) -> (String, String, Arc<Emulator>, RunningEmulator) {
-    let (ca_pem, config) = test_ca();
+    let test_ca = testkit::tls::TestCa::new();
+    let config = test_ca.server_config(&["127.0.0.1"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let emu = Arc::new(Emulator::new(w.issuer.clone()));
     emu.set_base_url(&url);
     let task = RunningEmulator::start_tls(emu.clone(), listener, config);
     let ca = tmp("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
+    test_ca.write_pem(&ca).unwrap();
     (url, ca.display().to_string(), emu, task)
 }
 
@@ -683,8 +675,16 @@ async fn file_source_is_re_read_when_it_changes() {
     let path = tmp("jwks.json");
     std::fs::write(&path, w.issuer.jwks().to_string()).unwrap();
     let source = format!("file:{}", path.display());
+    let issuer = w.url();
     let agent = w
-        .agent(&["--jwks-source", &source, "--jwks-refetch-interval", "1h"])
+        .agent(&[
+            "--jwks-source",
+            &source,
+            "--token-issuer",
+            &issuer,
+            "--jwks-refetch-interval",
+            "1h",
+        ])
         .await;
     assert_eq!(
         agent.creds(&w.token("default", "app", "a")).await.status,
@@ -851,18 +851,18 @@ async fn mutated_tokens_are_never_accepted() {
     let path = tmp("jwks.json");
     std::fs::write(&path, w.issuer.jwks().to_string()).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        KeyStore::new(
-            KeyStoreConfig {
-                source: KeySource::File(path),
-                ca_file: None,
-                cache_path: None,
-                refetch_interval: Duration::from_secs(3600),
-            },
-            metrics.clone(),
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(KeyStore::new(
+        KeyStoreConfig {
+            source: KeySource::File(path),
+            client: pod_identity_agent::https::HttpsClient::new(
+                &pod_identity_agent::https::Trust::system(),
+                pod_identity_agent::https::ProxyConfig::disabled(),
+            ),
+            cache_path: None,
+            refetch_interval: Duration::from_secs(3600),
+        },
+        metrics.clone(),
+    ));
     store.initial_load().await.unwrap();
     let gate = |strict| {
         TokenGate::new(
@@ -989,4 +989,113 @@ fn mutator_survives_tiny_inputs() {
             rng.mutate(&b"abc"[..len]);
         }
     }
+}
+
+/// A pod's view: the fake API server's `KUBERNETES_SERVICE_*` and a
+/// ServiceAccount directory holding its bearer token and CA.
+struct InPod {
+    api: testkit::apiserver::FakeApiServer,
+    sa_dir: PathBuf,
+}
+
+impl InPod {
+    async fn start(w: &World) -> Self {
+        let api =
+            testkit::apiserver::FakeApiServer::start(w.issuer.clone(), "agent-sa-token").await;
+        let sa_dir = tmp("serviceaccount");
+        api.write_service_account(&sa_dir).unwrap();
+        Self { api, sa_dir }
+    }
+
+    /// An agent started with default flags in this pod (only the
+    /// ServiceAccount directory points at the test's, and `extra`).
+    async fn agent(&self, w: &World, extra: &[&str]) -> Agent {
+        let dir = self.sa_dir.display().to_string();
+        let mut args = vec!["--service-account-dir", dir.as_str()];
+        args.extend_from_slice(extra);
+        let env: Vec<(&str, String)> = self.api.service_env().into();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.agent_with_env(
+            w.agent_args(&args),
+            pod_identity_agent::env::Env::from_pairs(&env),
+        )
+        .await
+    }
+}
+
+/// Default flags in a pod: keys and issuer come from the API server
+/// (`--jwks-source auto`); a forged token and a token of another issuer are
+/// refused without an EKS Auth call.
+#[tokio::test]
+async fn in_a_pod_default_flags_verify_with_the_api_servers_keys() {
+    let w = World::start().await;
+    let pod = InPod::start(&w).await;
+    let agent = pod.agent(&w, &[]).await;
+    assert_eq!(pod.api.requests(), 2, "discovery and JWKS at start");
+    let r = agent.creds(&w.token("default", "app", "p")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(outcome(&agent, "verified"), 1);
+    assert_eq!(w.emulator.calls(), 1);
+
+    let attacker = Issuer::generate(w.url()).unwrap();
+    let forged = attacker
+        .sign_with_header(&json!({"alg":"RS256","kid":kid(&w)}), &claims(&w))
+        .unwrap();
+    let r = agent.creds(&forged).await;
+    assert_eq!(
+        (r.status, r.body.trim_end()),
+        (400, format!("{PREFIX}token signature is invalid").as_str())
+    );
+    let mut other = claims(&w);
+    other["iss"] = json!("https://oidc.eks.us-west-2.amazonaws.com/id/ANOTHERCLUSTER");
+    let r = agent.creds(&w.issuer.sign_claims(&other).unwrap()).await;
+    assert_eq!(
+        (r.status, r.body.trim_end()),
+        (400, format!("{PREFIX}token issuer is not trusted").as_str())
+    );
+    assert_eq!(w.emulator.calls(), 1, "refused on the node");
+    assert_eq!(readyz(&agent).await, 200);
+
+    // Outside a pod (no ServiceAccount token), the same flags verify nothing.
+    let outside = w.agent(&[]).await;
+    assert_eq!(
+        outside.creds(&w.token("default", "app", "q")).await.status,
+        200
+    );
+    assert!(outside.keys.is_none());
+}
+
+/// The API server refusing the keys (RBAC missing: 403) or unreachable:
+/// tokens are forwarded to EKS Auth as inconclusive, the agent stays ready,
+/// and keys that become readable later are picked up without a restart.
+#[tokio::test]
+async fn when_the_api_server_refuses_the_keys_tokens_are_forwarded() {
+    let w = World::start().await;
+    let pod = InPod::start(&w).await;
+    pod.api.refuse(Some(403));
+    let agent = pod.agent(&w, &["--jwks-refetch-interval", "0s"]).await;
+    assert_eq!(
+        readyz(&agent).await,
+        200,
+        "readiness does not wait for keys"
+    );
+    let r = agent.creds(&w.token("default", "app", "p")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(outcome(&agent, "inconclusive_no_keys"), 1);
+    assert_eq!(w.emulator.calls(), 1, "forwarded");
+
+    pod.api.refuse(None);
+    let r = agent.creds(&w.token("default", "app", "q")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(outcome(&agent, "verified"), 1, "keys picked up");
+
+    // Strict mode refuses instead, and is not ready without keys.
+    pod.api.refuse(Some(403));
+    let strict = pod.agent(&w, &["--strict-verification"]).await;
+    assert_eq!(readyz(&strict).await, 503);
+    let r = strict.creds(&w.token("default", "app", "s")).await;
+    assert_eq!(
+        (r.status, r.body.trim_end()),
+        (400, format!("{PREFIX}no signing keys are loaded").as_str())
+    );
 }

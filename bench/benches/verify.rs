@@ -75,18 +75,18 @@ fn admission(c: &mut Criterion) {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, issuer.jwks().to_string()).expect("writing the JWKS");
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        KeyStore::new(
-            KeyStoreConfig {
-                source: KeySource::File(jwks),
-                ca_file: None,
-                cache_path: None,
-                refetch_interval: Duration::from_secs(3600),
-            },
-            metrics.clone(),
-        )
-        .expect("key store"),
-    );
+    let store = Arc::new(KeyStore::new(
+        KeyStoreConfig {
+            source: KeySource::File(jwks),
+            client: pod_identity_agent::https::HttpsClient::new(
+                &pod_identity_agent::https::Trust::system(),
+                pod_identity_agent::https::ProxyConfig::disabled(),
+            ),
+            cache_path: None,
+            refetch_interval: Duration::from_secs(3600),
+        },
+        metrics.clone(),
+    ));
     rt.block_on(store.initial_load()).expect("loading the JWKS");
     let distinct = tokens(&issuer, 256);
 

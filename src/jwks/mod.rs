@@ -21,35 +21,27 @@ pub use store::{KeyStore, KeyStoreConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
     #[error(
-        "invalid key source {0:?}: expected none, apiserver, file:<path> or an http(s) issuer URL"
+        "invalid key source {0:?}: expected auto, none, apiserver, file:<path> or an http(s) issuer URL"
     )]
     BadSource(String),
     #[error("apiserver key source needs KUBERNETES_SERVICE_HOST/PORT or --kube-api-url")]
     NoApiServer,
+    #[error(
+        "--jwks-source file: needs --token-issuer (the issuer of verified tokens is always checked)"
+    )]
+    NoIssuer,
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("reading PEM certificates from {path}: {source}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("TLS setup: {0}")]
-    Tls(#[source] rustls::Error),
-    #[error("fetching {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("fetching {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("fetching {url}: timed out")]
-    Timeout { url: String },
+    #[error(transparent)]
+    CaBundle(#[from] crate::https::CaBundleError),
+    #[error(transparent)]
+    Fetch(#[from] crate::https::GetError),
+    #[error("the issuer's discovery document has no jwks_uri")]
+    NoJwksUri,
     #[error("parsing {what}: {source}")]
     Json {
         what: String,
@@ -58,6 +50,18 @@ pub enum JwksError {
     },
     #[error("the key set holds no usable (RSA or EC P-256/P-384) key")]
     NoUsableKeys,
+    #[error("the last-known-good copy names no issuer")]
+    NoPersistedIssuer,
+}
+
+impl JwksError {
+    /// The key source answered with this HTTP status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            JwksError::Fetch(e) => e.status(),
+            _ => None,
+        }
+    }
 }
 
 pub enum KeyLookup {

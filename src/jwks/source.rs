@@ -1,28 +1,31 @@
 //! Where signing keys come from (`--jwks-source`), and fetching them.
 //!
-//! - `apiserver`: `GET <kube-api>/openid/v1/jwks` with the mounted
-//!   ServiceAccount token (re-read per fetch: the kubelet rotates it) and CA
-//!   (RBAC: `system:service-account-issuer-discovery`);
-//! - an issuer URL: `GET <issuer>/.well-known/openid-configuration` → `jwks_uri`;
-//! - `file:<path>`: a JWKS document, re-read when its mtime changes.
+//! - `auto` (the default): `apiserver` when the agent runs in a pod with a
+//!   ServiceAccount (`KUBERNETES_SERVICE_HOST` set, or `--kube-api-url`,
+//!   and a `token` in `--service-account-dir`), else `none`;
+//! - `none`: no local verification (upstream's behaviour);
+//! - `apiserver`: `GET <kube-api>/.well-known/openid-configuration` (for
+//!   the `issuer`) and `GET <kube-api>/openid/v1/jwks`, with the mounted
+//!   ServiceAccount token (re-read per fetch: the kubelet rotates it) and
+//!   trusting the mounted `ca.crt` (RBAC: `system:service-account-issuer-discovery`,
+//!   bound to every ServiceAccount by Kubernetes' bootstrap policy);
+//! - an issuer URL: `GET <issuer>/.well-known/openid-configuration` →
+//!   `jwks_uri`; the expected `iss` is the URL;
+//! - `file:<path>`: a JWKS document, re-read when its mtime changes
+//!   (`--token-issuer` required).
 //!
-//! Documents are capped at 1 MiB and each HTTP fetch at 5 s.
+//! Every fetch goes through the agent's one HTTPS client
+//! ([`crate::https::HttpsClient`]: trust store, proxy, timeouts, 1 MiB cap).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::JwksError;
-
-const MAX_DOCUMENT_BYTES: usize = 1 << 20;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::https::HttpsClient;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -57,26 +60,31 @@ pub fn resolve_source(
     sa_dir: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<KeySource>, JwksError> {
+    let api_server = |base_url: Option<String>| {
+        base_url.map(|base_url| KeySource::ApiServer {
+            base_url,
+            sa_dir: sa_dir.to_owned(),
+        })
+    };
+    let base_url = || {
+        kube_api_url.map(str::to_owned).or_else(|| {
+            let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
+            let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
+            Some(if host.contains(':') {
+                format!("https://[{host}]:{port}")
+            } else {
+                format!("https://{host}:{port}")
+            })
+        })
+    };
     match spec {
-        "" | "none" => Ok(None),
-        "apiserver" => {
-            let base_url = match kube_api_url {
-                Some(u) => u.to_owned(),
-                None => {
-                    let host = env("KUBERNETES_SERVICE_HOST").ok_or(JwksError::NoApiServer)?;
-                    let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
-                    if host.contains(':') {
-                        format!("https://[{host}]:{port}")
-                    } else {
-                        format!("https://{host}:{port}")
-                    }
-                }
-            };
-            Ok(Some(KeySource::ApiServer {
-                base_url,
-                sa_dir: sa_dir.to_owned(),
-            }))
-        }
+        "none" => Ok(None),
+        // In a pod with a ServiceAccount token: the API server's keys.
+        "auto" if sa_dir.join("token").is_file() => Ok(api_server(base_url())),
+        "auto" => Ok(None),
+        "apiserver" => api_server(base_url())
+            .map(Some)
+            .ok_or(JwksError::NoApiServer),
         s if s.starts_with("file:") => Ok(Some(KeySource::File(PathBuf::from(&s[5..])))),
         s if s.starts_with("https://") || s.starts_with("http://") => {
             Ok(Some(KeySource::Issuer { url: s.to_owned() }))
@@ -85,24 +93,38 @@ pub fn resolve_source(
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// What one fetch brought: the JWKS document and, when the source says,
+/// the issuer whose tokens the keys sign.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub jwks: Bytes,
+    pub issuer: Option<String>,
+}
+
+/// The part of an OIDC discovery document we read.
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+}
 
 /// A key source with what fetching from it needs.
 pub struct Fetcher {
     source: KeySource,
+    /// For HTTP(S) sources: the issuer's trust, or the API server's own CA.
     client: HttpsClient,
     /// mtime of the file at the last read (file sources).
     file_mtime: Mutex<Option<SystemTime>>,
 }
 
 impl Fetcher {
-    /// `ca_file`: extra PEM roots for HTTPS sources, beside the system's.
-    pub fn new(source: KeySource, ca_file: Option<&Path>) -> Result<Self, JwksError> {
-        Ok(Self {
+    pub fn new(source: KeySource, client: HttpsClient) -> Self {
+        Self {
             source,
-            client: https_client(ca_file)?,
+            client,
             file_mtime: Mutex::new(None),
-        })
+        }
     }
 
     pub fn source(&self) -> &KeySource {
@@ -119,8 +141,7 @@ impl Fetcher {
         mtime.is_some() && mtime == *self.file_mtime.lock().expect("mtime lock poisoned")
     }
 
-    /// The raw JWKS document.
-    pub async fn fetch(&self) -> Result<Bytes, JwksError> {
+    pub async fn fetch(&self) -> Result<Fetched, JwksError> {
         match &self.source {
             KeySource::File(path) => {
                 let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -131,24 +152,18 @@ impl Fetcher {
                         source,
                     })?;
                 *self.file_mtime.lock().expect("mtime lock poisoned") = mtime;
-                Ok(doc.into())
+                Ok(Fetched {
+                    jwks: doc.into(),
+                    issuer: None,
+                })
             }
             KeySource::Issuer { url } => {
-                let discovery = format!(
-                    "{}/.well-known/openid-configuration",
-                    url.trim_end_matches('/')
-                );
-                #[derive(Deserialize)]
-                struct Discovery {
-                    jwks_uri: String,
-                }
-                let doc = self.get(&discovery, None).await?;
-                let d: Discovery =
-                    serde_json::from_slice(&doc).map_err(|source| JwksError::Json {
-                        what: discovery.clone(),
-                        source,
-                    })?;
-                self.get(&d.jwks_uri, None).await
+                let discovery = self.discovery(url, None).await?;
+                let jwks_uri = discovery.jwks_uri.ok_or(JwksError::NoJwksUri)?;
+                Ok(Fetched {
+                    jwks: self.client.get(&jwks_uri, None).await?,
+                    issuer: Some(url.clone()),
+                })
             }
             KeySource::ApiServer { base_url, sa_dir } => {
                 let token_path = sa_dir.join("token");
@@ -158,82 +173,47 @@ impl Fetcher {
                         path: token_path,
                         source,
                     })?;
+                let token = Some(token.trim());
+                // The issuer is the cluster's (EKS: the public OIDC URL), not
+                // the API server's address; its keys are fetched from the API
+                // server all the same (the issuer URL may be unreachable from
+                // the node).
+                let discovery = self.discovery(base_url, token).await?;
                 let url = format!("{}/openid/v1/jwks", base_url.trim_end_matches('/'));
-                self.get(&url, Some(token.trim())).await
+                Ok(Fetched {
+                    jwks: self.client.get(&url, token).await?,
+                    issuer: Some(discovery.issuer),
+                })
             }
         }
     }
 
-    async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, JwksError> {
-        let http_err = |source: Box<dyn std::error::Error + Send + Sync>| JwksError::Http {
-            url: url.to_owned(),
-            source,
-        };
-        let mut req = http::Request::get(url).header(http::header::ACCEPT, "application/json");
-        if let Some(token) = bearer {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = req.body(Empty::new()).map_err(|e| http_err(e.into()))?;
-        let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| http_err(e.into()))?;
-            let status = resp.status();
-            if !status.is_success() {
-                return Err(JwksError::Status {
-                    url: url.to_owned(),
-                    status: status.as_u16(),
-                });
-            }
-            Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(http_err)
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, fut)
-            .await
-            .map_err(|_| JwksError::Timeout {
-                url: url.to_owned(),
-            })?
+    async fn discovery(&self, base: &str, bearer: Option<&str>) -> Result<Discovery, JwksError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            base.trim_end_matches('/')
+        );
+        let doc = self.client.get(&url, bearer).await?;
+        serde_json::from_slice(&doc).map_err(|source| JwksError::Json { what: url, source })
     }
-}
-
-fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, JwksError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem_err = |source| JwksError::Pem {
-            path: path.to_owned(),
-            source,
-        };
-        for cert in CertificateDer::pem_file_iter(path).map_err(pem_err)? {
-            roots.add(cert.map_err(pem_err)?).map_err(JwksError::Tls)?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(JwksError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sa_dir(with_token: bool) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "pia-sa-{}-{with_token}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if with_token {
+            std::fs::write(dir.join("token"), "t").unwrap();
+        }
+        dir
+    }
 
     #[test]
     fn sources() {
@@ -259,15 +239,33 @@ mod tests {
         assert!(resolve_source("apiserver", None, sa, |_| None).is_err());
     }
 
+    /// `auto` is the API server exactly when the agent runs in a pod with
+    /// a ServiceAccount token; anywhere else, no local verification.
     #[test]
-    fn a_ca_file_that_is_not_pem_keeps_its_error() {
-        let path = std::env::temp_dir().join(format!("pia-ca-{}.pem", std::process::id()));
-        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
-        let err = Fetcher::new(KeySource::File("/k.json".into()), Some(&path))
-            .err()
-            .expect("a truncated PEM is refused");
-        let _ = std::fs::remove_file(&path);
-        assert!(matches!(err, JwksError::Pem { .. }), "{err}");
-        assert!(std::error::Error::source(&err).is_some());
+    fn auto_means_in_a_pod_with_a_service_account() {
+        let in_pod = |k: &str| (k == "KUBERNETES_SERVICE_HOST").then(|| "fd00::1".to_owned());
+        let (with, without) = (sa_dir(true), sa_dir(false));
+        assert_eq!(
+            resolve_source("auto", None, &with, in_pod).unwrap(),
+            Some(KeySource::ApiServer {
+                base_url: "https://[fd00::1]:443".into(),
+                sa_dir: with.clone()
+            })
+        );
+        assert_eq!(
+            resolve_source("auto", None, &without, in_pod).unwrap(),
+            None
+        );
+        assert_eq!(resolve_source("auto", None, &with, |_| None).unwrap(), None);
+        assert_eq!(
+            resolve_source("auto", Some("https://api:6443"), &with, |_| None).unwrap(),
+            Some(KeySource::ApiServer {
+                base_url: "https://api:6443".into(),
+                sa_dir: with.clone()
+            }),
+            "--kube-api-url stands in for the service variables"
+        );
+        let _ = std::fs::remove_dir_all(with);
+        let _ = std::fs::remove_dir_all(without);
     }
 }

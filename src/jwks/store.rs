@@ -12,7 +12,12 @@
 //! the first set loaded (tokens admitted unverified get checked), a kid
 //! added (tokens whose kid was unknown get verified), removed, or given
 //! other key material or another algorithm (tokens verified with the old
-//! key are refused). Admission re-checks remembered tokens when it moves.
+//! key are refused), or the issuer the source names changes. Admission
+//! re-checks remembered tokens when it moves.
+//!
+//! The issuer travels with the keys: the API server's discovery document
+//! or the issuer URL says whose tokens they sign, and the last-known-good
+//! copy keeps it (an `issuer` member beside `keys`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,13 +27,15 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::set::{Key, Keys, parse_jwks};
-use super::source::{Fetcher, KeySource};
+use super::source::{Fetched, Fetcher, KeySource};
 use super::{JwksError, KeyLookup};
+use crate::https::HttpsClient;
 use crate::metrics::Metrics;
 
 pub struct KeyStoreConfig {
     pub source: KeySource,
-    pub ca_file: Option<PathBuf>,
+    /// The client HTTP(S) sources are fetched with (file sources ignore it).
+    pub client: HttpsClient,
     pub cache_path: Option<PathBuf>,
     pub refetch_interval: Duration,
 }
@@ -38,6 +45,8 @@ pub struct KeyStore {
     cache_path: Option<PathBuf>,
     refetch_interval: Duration,
     keys: RwLock<Arc<Keys>>,
+    /// The issuer the source names for these keys, if it names one.
+    issuer: RwLock<Option<Arc<str>>>,
     loaded: AtomicBool,
     generation: AtomicU64,
     /// Held while fetching; the time of the last fetch caused by an
@@ -48,17 +57,18 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    pub fn new(config: KeyStoreConfig, metrics: Arc<Metrics>) -> Result<Self, JwksError> {
-        Ok(Self {
-            fetcher: Fetcher::new(config.source, config.ca_file.as_deref())?,
+    pub fn new(config: KeyStoreConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            fetcher: Fetcher::new(config.source, config.client),
             cache_path: config.cache_path,
             refetch_interval: config.refetch_interval,
             keys: RwLock::new(Arc::new(Keys::new())),
+            issuer: RwLock::new(None),
             loaded: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(None),
             metrics,
-        })
+        }
     }
 
     /// True once any key set was loaded (from the source or from disk).
@@ -69,6 +79,15 @@ impl KeyStore {
     /// See the module invariant.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The issuer the key source names (API server discovery, issuer URL).
+    pub fn issuer(&self) -> Option<Arc<str>> {
+        self.issuer.read().expect("issuer lock poisoned").clone()
+    }
+
+    pub fn source(&self) -> &KeySource {
+        self.fetcher.source()
     }
 
     fn current(&self) -> Arc<Keys> {
@@ -113,11 +132,11 @@ impl KeyStore {
         let Ok(doc) = tokio::fs::read(path).await else {
             return Err(err);
         };
-        match parse_jwks(&doc) {
-            Ok(keys) => {
+        match read_persisted(&doc, self.fetcher.source()) {
+            Ok((keys, issuer)) => {
                 warn!(error = %err, path = %path.display(), keys = keys.len(),
                     "key source unreachable; using the last-known-good keys");
-                self.install(keys);
+                self.install(keys, issuer);
                 self.metrics
                     .jwks_fetches
                     .with_label_values(&[self.fetcher.source().label(), "persisted"])
@@ -166,19 +185,19 @@ impl KeyStore {
 
     async fn fetch_and_install(&self) -> Result<(), JwksError> {
         let label = self.fetcher.source().label();
-        let result = self.fetcher.fetch().await.and_then(|doc| {
-            let keys = parse_jwks(&doc)?;
-            Ok((doc, keys))
+        let result = self.fetcher.fetch().await.and_then(|fetched| {
+            let keys = parse_jwks(&fetched.jwks)?;
+            Ok((fetched, keys))
         });
         match result {
-            Ok((doc, keys)) => {
+            Ok((fetched, keys)) => {
                 self.metrics
                     .jwks_fetches
                     .with_label_values(&[label, "ok"])
                     .inc();
-                self.install(keys);
+                self.install(keys, fetched.issuer.clone());
                 if let Some(path) = &self.cache_path
-                    && let Err(err) = persist(path, &doc).await
+                    && let Err(err) = persist(path, &fetched).await
                 {
                     warn!(error = %err, "could not persist last-known-good keys");
                 }
@@ -194,8 +213,17 @@ impl KeyStore {
         }
     }
 
-    fn install(&self, keys: Keys) {
+    fn install(&self, keys: Keys, issuer: Option<String>) {
         let mut guard = self.keys.write().expect("key lock poisoned");
+        let mut current_issuer = self.issuer.write().expect("issuer lock poisoned");
+        let issuer_changed = current_issuer.as_deref() != issuer.as_deref();
+        if issuer_changed {
+            info!(
+                issuer = issuer.as_deref(),
+                "token issuer from the key source"
+            );
+            *current_issuer = issuer.map(Into::into);
+        }
         let same = |old: &Key| {
             keys.get(&old.kid)
                 .is_some_and(|new| new.fingerprint == old.fingerprint)
@@ -207,7 +235,7 @@ impl KeyStore {
             .collect();
         let first = !self.loaded();
         let added = keys.keys().any(|kid| !guard.contains_key(kid));
-        if first || added || !replaced.is_empty() {
+        if first || added || issuer_changed || !replaced.is_empty() {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if !replaced.is_empty() {
@@ -224,11 +252,43 @@ impl KeyStore {
     }
 }
 
-async fn persist(path: &Path, doc: &[u8]) -> std::io::Result<()> {
+/// The JWKS document as fetched, with the issuer added beside `keys`.
+async fn persist(path: &Path, fetched: &Fetched) -> std::io::Result<()> {
+    let doc = match &fetched.issuer {
+        None => fetched.jwks.to_vec(),
+        Some(issuer) => {
+            let mut value: serde_json::Value = serde_json::from_slice(&fetched.jwks)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("issuer".into(), issuer.clone().into());
+            }
+            serde_json::to_vec(&value)?
+        }
+    };
     let tmp = path.with_extension("tmp");
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    tokio::fs::write(&tmp, doc).await?;
+    tokio::fs::write(&tmp, &doc).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// A last-known-good copy: its keys, and its issuer, which sources that
+/// name one (API server, issuer URL) must find there.
+fn read_persisted(doc: &[u8], source: &KeySource) -> Result<(Keys, Option<String>), JwksError> {
+    #[derive(serde::Deserialize)]
+    struct Persisted {
+        #[serde(default)]
+        issuer: Option<String>,
+    }
+    let keys = parse_jwks(doc)?;
+    let persisted: Persisted = serde_json::from_slice(doc).map_err(|source| JwksError::Json {
+        what: "last-known-good keys".into(),
+        source,
+    })?;
+    match (source, persisted.issuer) {
+        (KeySource::File(_), _) => Ok((keys, None)),
+        (KeySource::Issuer { url }, _) => Ok((keys, Some(url.clone()))),
+        (KeySource::ApiServer { .. }, Some(issuer)) => Ok((keys, Some(issuer))),
+        (KeySource::ApiServer { .. }, None) => Err(JwksError::NoPersistedIssuer),
+    }
 }

@@ -6,6 +6,8 @@
 //!   its keys like kube-apiserver.
 //! - [`emulator`]: EKS Auth `AssumeRoleForPodIdentity` on the real wire
 //!   protocol, with fault knobs and call events.
+//! - [`apiserver`]: a fake kube-apiserver over TLS (issuer discovery, keys).
+//! - [`tls`]: a private CA and server certificates it signs.
 //! - [`net`]: network fixtures (a blackholed address).
 //! - [`demo`]: issuer + emulator + agent on loopback, no AWS account.
 //! - [`cli`]: the `testkit` command line (`demo`, `emulator`, `mint-token`).
@@ -15,8 +17,10 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod cli;
 pub mod demo;
 pub mod emulator;
 pub mod issuer;
 pub mod net;
+pub mod tls;

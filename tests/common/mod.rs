@@ -127,6 +127,26 @@ impl World {
 
     /// An agent with `args`; its clock is `clock`, else the world's.
     pub async fn agent_with(&self, args: ServerArgs, clock: Option<SharedClock>) -> Agent {
+        self.start_agent(args, clock, pod_identity_agent::env::Env::empty())
+            .await
+    }
+
+    /// An agent with `args` that sees the environment `env` (a pod's
+    /// `KUBERNETES_SERVICE_*`, a proxy), on the world's clock.
+    pub async fn agent_with_env(
+        &self,
+        args: ServerArgs,
+        env: pod_identity_agent::env::Env,
+    ) -> Agent {
+        self.start_agent(args, None, env).await
+    }
+
+    async fn start_agent(
+        &self,
+        args: ServerArgs,
+        clock: Option<SharedClock>,
+        env: pod_identity_agent::env::Env,
+    ) -> Agent {
         let mut opts = app::Options::new(args.clone());
         opts.clock = clock.unwrap_or_else(|| self.clock.clone());
         opts.credentials = Some(SharedCredentialsProvider::new(Credentials::new(
@@ -136,7 +156,7 @@ impl World {
             None,
             "test",
         )));
-        opts.env = |_| None;
+        opts.env = env;
         Agent::start(opts).await
     }
 }

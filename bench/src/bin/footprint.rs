@@ -227,18 +227,18 @@ fn main() {
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, issuer.jwks().to_string()).expect("jwks");
     let store = runtime.block_on(async {
-        let store = Arc::new(
-            KeyStore::new(
-                KeyStoreConfig {
-                    source: KeySource::File(jwks),
-                    ca_file: None,
-                    cache_path: None,
-                    refetch_interval: Duration::from_secs(3600),
-                },
-                Arc::new(Metrics::new()),
-            )
-            .expect("key store"),
-        );
+        let store = Arc::new(KeyStore::new(
+            KeyStoreConfig {
+                source: KeySource::File(jwks),
+                client: pod_identity_agent::https::HttpsClient::new(
+                    &pod_identity_agent::https::Trust::system(),
+                    pod_identity_agent::https::ProxyConfig::disabled(),
+                ),
+                cache_path: None,
+                refetch_interval: Duration::from_secs(3600),
+            },
+            Arc::new(Metrics::new()),
+        ));
         store.initial_load().await.expect("keys");
         store
     });

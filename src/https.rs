@@ -1,20 +1,29 @@
-//! The HTTPS client for the agent's AWS calls (EKS Auth, and STS or SSO if
-//! the credential chain uses them): the system roots, plus `--ca-bundle
-//! <file>` / `AWS_CA_BUNDLE` for ISO partitions and TLS-intercepting
-//! proxies; TLS is set up before the agent is ready ([`HttpsClient`]).
+//! The agent's one HTTPS client: every outbound connection goes through
+//! [`HttpsClient`]: EKS Auth (and STS or SSO if the SDK's credential chain
+//! uses them), the OIDC issuer URL and the Kubernetes API server. One place
+//! decides the trust store, the proxy and the timeouts.
+//!
+//! Contract:
+//! - **Trust** ([`Trust`]): the system roots plus `--ca-bundle <file>` /
+//!   `AWS_CA_BUNDLE` (ISO partitions, TLS-intercepting proxies), plus
+//!   `--jwks-ca-file` for key fetches; the API server is trusted through its
+//!   own CA alone (the ServiceAccount's `ca.crt`), as in-cluster clients do.
+//!   A bundle file is PEM; every `CERTIFICATE` block is added (not instead
+//!   of the system's roots), other blocks are ignored; certificates rustls
+//!   cannot use as trust anchors are skipped with a warning; a file with
+//!   none left, unreadable or not PEM stops the agent at start.
+//! - **Proxy** ([`proxy_from`]): `HTTPS_PROXY` for `https://` URLs,
+//!   `HTTP_PROXY` for `http://` ones, `ALL_PROXY` for both, `NO_PROXY`
+//!   bypasses (upper or lower case, the upper one wins), read from the
+//!   environment the agent was given.
+//! - **Timeouts**: the SDK's own for EKS Auth (from its config); for
+//!   [`HttpsClient::get`], connect [`GET_CONNECT_TIMEOUT`], the whole fetch
+//!   [`GET_TIMEOUT`], bodies capped at [`GET_MAX_BYTES`].
 //!
 //! The AWS SDKs for Go, Python and Java read `AWS_CA_BUNDLE` themselves; the
-//! Rust SDK does not, so the agent loads the file and hands the SDK an HTTPS
-//! client that trusts it. Contract:
-//! - the file is PEM; every `CERTIFICATE` block is added to the system's
-//!   roots (not instead of them); other blocks are ignored;
-//! - certificates rustls cannot use as trust anchors are skipped with a
-//!   warning; a file with none left, unreadable or not PEM stops the agent
-//!   at start (the SDK's TLS setup would otherwise panic on first use);
-//! - the client is the SDK's own (aws-smithy-http-client, rustls with
-//!   aws-lc) with the same proxy handling as the default one:
-//!   `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`; timeouts come from the SDK
-//!   config as before.
+//! Rust SDK does not, so the agent loads the file and hands the SDK this
+//! client (the SDK's own rustls/aws-lc connector, built with our trust and
+//! proxy).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,25 +33,37 @@ use std::time::Duration;
 
 use aws_smithy_async::rt::sleep::SharedAsyncSleep;
 use aws_smithy_http_client::Connector;
-use aws_smithy_http_client::proxy::ProxyConfig;
+pub use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+    HttpClient, HttpConnector, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::{
     RuntimeComponents, RuntimeComponentsBuilder,
 };
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine;
+use bytes::Bytes;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tracing::{info, warn};
 
+use crate::env::Env;
+
 /// The environment variable the other AWS SDKs and the CLI read.
 pub const ENV: &str = "AWS_CA_BUNDLE";
+
+/// [`HttpsClient::get`]: connect timeout.
+pub const GET_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// [`HttpsClient::get`]: the whole fetch, body included.
+pub const GET_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`HttpsClient::get`]: largest body read (a JWKS or discovery document).
+pub const GET_MAX_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaBundleError {
@@ -62,6 +83,34 @@ pub enum CaBundleError {
     Empty { path: PathBuf },
 }
 
+/// Why a [`HttpsClient::get`] failed. Never quotes the body (a key source
+/// that answers with something else could echo a bearer token).
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("fetching {url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("fetching {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("fetching {url}: timed out")]
+    Timeout { url: String },
+    #[error("fetching {url}: the answer is larger than {GET_MAX_BYTES} bytes")]
+    TooLarge { url: String },
+}
+
+impl GetError {
+    /// The HTTP status the server answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GetError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
 /// The usable certificates of a bundle file, re-encoded one per PEM block.
 #[derive(Debug, Clone)]
 pub struct CaBundle {
@@ -71,9 +120,9 @@ pub struct CaBundle {
 
 impl CaBundle {
     /// `--ca-bundle` wins over `AWS_CA_BUNDLE`; an empty variable is unset.
-    pub fn path_from(flag: Option<&Path>, env: fn(&str) -> Option<String>) -> Option<PathBuf> {
+    pub fn path_from(flag: Option<&Path>, env: &Env) -> Option<PathBuf> {
         flag.map(Path::to_path_buf)
-            .or_else(|| env(ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| env.var(ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
     }
 
     pub fn load(path: &Path) -> Result<Self, CaBundleError> {
@@ -103,7 +152,7 @@ impl CaBundle {
                 path: path.to_owned(),
             });
         }
-        info!(path = %path.display(), certificates = certificates.len(), "trusting the CA bundle for AWS calls, besides the system roots");
+        info!(path = %path.display(), certificates = certificates.len(), "trusting the CA bundle");
         Ok(Self {
             path: path.to_owned(),
             certificates,
@@ -121,14 +170,6 @@ impl CaBundle {
     pub fn is_empty(&self) -> bool {
         self.certificates.is_empty()
     }
-
-    fn trust_store(&self) -> TrustStore {
-        let mut trust = TrustStore::default();
-        for cert in &self.certificates {
-            trust.add_pem_certificate(cert.as_bytes());
-        }
-        trust
-    }
 }
 
 fn pem(cert: &CertificateDer<'_>) -> String {
@@ -142,20 +183,93 @@ fn pem(cert: &CertificateDer<'_>) -> String {
     out
 }
 
+/// What a client trusts: the system's roots or not, and bundles on top.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    system_roots: bool,
+    certificates: Vec<String>,
+}
+
+impl Trust {
+    /// The system's roots.
+    pub fn system() -> Self {
+        Self {
+            system_roots: true,
+            certificates: Vec::new(),
+        }
+    }
+
+    /// Nothing but the bundles added: a private PKI (the API server's CA).
+    pub fn private() -> Self {
+        Self {
+            system_roots: false,
+            certificates: Vec::new(),
+        }
+    }
+
+    /// `bundle`'s certificates as well (if any).
+    pub fn and(mut self, bundle: Option<&CaBundle>) -> Self {
+        if let Some(b) = bundle {
+            self.certificates.extend(b.certificates.iter().cloned());
+        }
+        self
+    }
+
+    fn store(&self) -> TrustStore {
+        let mut trust = TrustStore::empty().with_native_roots(self.system_roots);
+        for cert in &self.certificates {
+            trust.add_pem_certificate(cert.as_bytes());
+        }
+        trust
+    }
+}
+
+/// The proxy for outbound calls, from the environment the agent was given
+/// (see the module contract). Go's `ProxyFromEnvironment` rules, which the
+/// other AWS SDKs and client-go follow.
+pub fn proxy_from(env: &Env) -> ProxyConfig {
+    let var = |name: &str| {
+        env.var(name)
+            .or_else(|| env.var(&name.to_ascii_lowercase()))
+            .filter(|v| !v.is_empty())
+    };
+    let (http, https, all) = (var("HTTP_PROXY"), var("HTTPS_PROXY"), var("ALL_PROXY"));
+    let configured = match (http, https.or(all.clone()), all) {
+        (None, None, _) => return ProxyConfig::disabled(),
+        (Some(h), Some(s), _) if h == s => ProxyConfig::all(h),
+        (Some(h), None, _) => ProxyConfig::http(h),
+        (None, Some(s), None) => ProxyConfig::https(s),
+        (None, Some(s), Some(_)) => ProxyConfig::all(s),
+        // Different proxies per scheme: only the process environment can
+        // express that to the SDK's proxy matcher, and outside tests the
+        // agent's environment is the process's.
+        (Some(_), Some(_), _) => return ProxyConfig::from_env(),
+    };
+    match configured {
+        Ok(proxy) => match var("NO_PROXY") {
+            Some(no) => proxy.no_proxy(no),
+            None => proxy,
+        },
+        Err(err) => {
+            warn!(error = %err, "ignoring an invalid proxy URL from the environment");
+            ProxyConfig::disabled()
+        }
+    }
+}
+
 /// Connect and read timeouts: the SDK asks for a connector per setting.
 type TimeoutKey = (Option<Duration>, Option<Duration>);
 
-/// The HTTPS client for the agent's AWS calls: what the SDK's default client
-/// does (rustls with aws-lc, one connector and so one connection pool per
-/// timeout setting, proxy from the environment), trusting the system roots
-/// plus the CA bundle if there is one.
+/// The HTTPS client (see the module contract): the SDK's own connector
+/// (rustls with aws-lc, one connection pool per timeout setting) built with
+/// our trust store and proxy, for the SDK ([`HttpsClient::shared`]) and for
+/// plain GETs ([`HttpsClient::get`]).
 ///
-/// Unlike the default client, it sets TLS up when the SDK client is built
-/// (the SDK's `validate_base_client_config` hook, called by
+/// Unlike the SDK's default client, it sets TLS up when the SDK client is
+/// built (the SDK's `validate_base_client_config` hook, called by
 /// `Client::from_conf`): the root store (reading and parsing every system
 /// root, ~150 certificates, milliseconds of CPU) is built before the agent
-/// is ready, for the timeouts the client is configured with, instead of
-/// inside the first EKS Auth calls on a fresh node.
+/// is ready, instead of inside the first EKS Auth calls on a fresh node.
 #[derive(Debug, Clone)]
 pub struct HttpsClient {
     inner: Arc<Inner>,
@@ -164,20 +278,21 @@ pub struct HttpsClient {
 #[derive(Debug)]
 struct Inner {
     tls: TlsContext,
+    proxy: ProxyConfig,
     connectors: RwLock<HashMap<TimeoutKey, SharedHttpConnector>>,
     built: AtomicUsize,
 }
 
 impl HttpsClient {
-    pub fn new(bundle: Option<&CaBundle>) -> Self {
-        let trust = bundle.map(CaBundle::trust_store).unwrap_or_default();
+    pub fn new(trust: &Trust, proxy: ProxyConfig) -> Self {
         let tls = TlsContext::builder()
-            .with_trust_store(trust)
+            .with_trust_store(trust.store())
             .build()
             .expect("building a TLS context from a trust store cannot fail");
         Self {
             inner: Arc::new(Inner {
                 tls,
+                proxy,
                 connectors: RwLock::new(HashMap::new()),
                 built: AtomicUsize::new(0),
             }),
@@ -188,7 +303,7 @@ impl HttpsClient {
         SharedHttpClient::new(self.clone())
     }
 
-    /// Connectors built so far (one per timeout setting the SDK asked for).
+    /// Connectors built so far (one per timeout setting asked for).
     pub fn connectors_built(&self) -> usize {
         self.inner.built.load(Ordering::Relaxed)
     }
@@ -214,7 +329,7 @@ impl HttpsClient {
             .or_insert_with(|| {
                 let mut builder = Connector::builder()
                     .connector_settings(settings.clone())
-                    .proxy_config(ProxyConfig::from_env());
+                    .proxy_config(self.inner.proxy.clone());
                 builder.set_sleep_impl(sleep);
                 let connector = builder
                     .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
@@ -224,6 +339,69 @@ impl HttpsClient {
                 SharedHttpConnector::new(connector)
             })
             .clone()
+    }
+
+    /// `GET url` (JSON), with `Authorization: Bearer <bearer>` if given:
+    /// the body of a 2xx answer, at most [`GET_MAX_BYTES`], within
+    /// [`GET_TIMEOUT`].
+    pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, GetError> {
+        use http_body_util::BodyExt;
+        let request_err = |source: BoxError| GetError::Request {
+            url: url.to_owned(),
+            source,
+        };
+        let settings = HttpConnectorSettings::builder()
+            .connect_timeout(GET_CONNECT_TIMEOUT)
+            .read_timeout(GET_TIMEOUT)
+            .build();
+        let connector = self.connector(
+            (settings.connect_timeout(), settings.read_timeout()),
+            &settings,
+            Some(
+                aws_smithy_async::rt::sleep::default_async_sleep().ok_or_else(|| {
+                    request_err("no async sleep implementation (tokio runtime)".into())
+                })?,
+            ),
+        );
+        let mut req = http::Request::get(url).header(http::header::ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(SdkBody::empty())
+            .map_err(|e| request_err(e.into()))?;
+        let req = HttpRequest::try_from(req).map_err(|e| request_err(e.into()))?;
+        let fetch = async {
+            let resp = connector
+                .call(req)
+                .await
+                .map_err(|e| request_err(e.into()))?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                return Err(GetError::Status {
+                    url: url.to_owned(),
+                    status,
+                });
+            }
+            http_body_util::Limited::new(resp.into_body(), GET_MAX_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        GetError::TooLarge {
+                            url: url.to_owned(),
+                        }
+                    } else {
+                        request_err(e)
+                    }
+                })
+        };
+        tokio::time::timeout(GET_TIMEOUT, fetch)
+            .await
+            .map_err(|_| GetError::Timeout {
+                url: url.to_owned(),
+            })?
     }
 }
 
@@ -285,7 +463,7 @@ mod tests {
                 let _ = answered.send(());
             }
         });
-        let client = HttpsClient::new(None);
+        let client = HttpsClient::new(&Trust::system(), ProxyConfig::disabled());
         let eksauth = crate::eksauth::EksAuth::with_http_client(
             crate::eksauth::EksAuthConfig {
                 cluster_name: "c".into(),
@@ -320,17 +498,17 @@ mod tests {
 
     #[test]
     fn flag_wins_and_empty_env_is_unset() {
-        let env: fn(&str) -> Option<String> = |k| (k == ENV).then(|| "/env.pem".to_owned());
-        let none: fn(&str) -> Option<String> = |_| Some(String::new());
+        let env = Env::from_pairs(&[(ENV, "/env.pem")]);
+        let none = Env::from_pairs(&[(ENV, "")]);
         assert_eq!(
-            CaBundle::path_from(Some(Path::new("/flag.pem")), env),
+            CaBundle::path_from(Some(Path::new("/flag.pem")), &env),
             Some(PathBuf::from("/flag.pem"))
         );
         assert_eq!(
-            CaBundle::path_from(None, env),
+            CaBundle::path_from(None, &env),
             Some(PathBuf::from("/env.pem"))
         );
-        assert_eq!(CaBundle::path_from(None, none), None);
+        assert_eq!(CaBundle::path_from(None, &none), None);
     }
 
     #[test]

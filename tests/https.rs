@@ -1,50 +1,26 @@
-//! `--ca-bundle` and `AWS_CA_BUNDLE`: EKS Auth (the emulator) served over
-//! TLS with a certificate from a CA made here. Trusted with the bundle,
-//! refused without it; the proxy from the environment still applies.
+//! The one HTTPS client: `--ca-bundle` and `AWS_CA_BUNDLE`, the proxy from
+//! the environment, for EKS Auth (the emulator served over TLS with a
+//! certificate from a CA made here) and for signing-key fetches alike.
+//! Trusted with the bundle, refused without it.
 
 mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use common::{Agent, BinaryAgent, CLUSTER, NODE_AKID, NODE_SECRET, ROLE};
+use common::{Agent, BinaryAgent, CLUSTER, NODE_AKID, NODE_SECRET, ROLE, World};
 use pod_identity_agent::app;
 use pod_identity_agent::cli::loopback_server;
+use pod_identity_agent::env::Env;
 use testkit::emulator::{Association, Emulator, RunningEmulator};
 use testkit::issuer::{Issuer, TokenSpec};
+use testkit::net::ConnectProxy;
+use testkit::tls::TestCa;
 
-/// Name the proxy test's endpoint uses; resolvable only through the proxy.
+/// Name the proxy tests' endpoints use; resolvable only through the proxy.
 const PROXIED_HOST: &str = "eks-auth.proxy.test";
-
-/// A CA (PEM) and a server config whose certificate it signed, for
-/// 127.0.0.1 and [`PROXIED_HOST`].
-fn test_ca() -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer as CaIssuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = CaIssuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), PROXIED_HOST.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    (ca_cert.pem(), Arc::new(config))
-}
 
 struct TlsWorld {
     issuer: Arc<Issuer>,
@@ -54,7 +30,8 @@ struct TlsWorld {
 
 impl TlsWorld {
     async fn start() -> Self {
-        let (ca_pem, config) = test_ca();
+        let ca = TestCa::new();
+        let config = ca.server_config(&["127.0.0.1", PROXIED_HOST]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let issuer = Arc::new(Issuer::generate(url.clone()).unwrap());
@@ -63,14 +40,18 @@ impl TlsWorld {
         emulator.add_node_credentials(NODE_AKID, NODE_SECRET);
         emulator.set_base_url(&url);
         let emu = RunningEmulator::start_tls(emulator, listener, config);
-        let ca = std::env::temp_dir().join(format!(
+        let path = std::env::temp_dir().join(format!(
             "pia-ca-bundle-{}-{}.pem",
             std::process::id(),
             testkit::issuer::uuid()
         ));
         // A bundle as found on nodes: other blocks around the certificate.
-        std::fs::write(&ca, format!("# test CA\n{ca_pem}\n")).unwrap();
-        Self { issuer, emu, ca }
+        std::fs::write(&path, format!("# test CA\n{}\n", ca.pem())).unwrap();
+        Self {
+            issuer,
+            emu,
+            ca: path,
+        }
     }
 
     fn token(&self) -> String {
@@ -89,7 +70,7 @@ impl TlsWorld {
             None,
             "test",
         )));
-        opts.env = |_| None;
+        opts.env = pod_identity_agent::env::Env::empty();
         Agent::start(opts).await
     }
 }
@@ -204,50 +185,12 @@ fn an_unusable_bundle_stops_the_agent_at_start() {
     }
 }
 
-/// An HTTP CONNECT proxy in front of `upstream`, counting tunnels to
-/// [`PROXIED_HOST`].
-async fn connect_proxy(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut client, _) = listener.accept().await.unwrap();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                if !String::from_utf8_lossy(&head)
-                    .starts_with(&format!("CONNECT {PROXIED_HOST}:443 "))
-                {
-                    return;
-                }
-                seen.fetch_add(1, Ordering::SeqCst);
-                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
-        }
-    });
-    (addr, count)
-}
-
 #[tokio::test]
 async fn the_bundle_and_https_proxy_work_together() {
     let w = TlsWorld::start().await;
-    let (proxy, tunnels) = connect_proxy(w.emu.addr).await;
-    let proxy_url = format!("http://{proxy}");
+    let target = format!("{PROXIED_HOST}:443");
+    let proxy = ConnectProxy::start(&[(&target, w.emu.addr)]).await;
+    let proxy_url = proxy.url();
     let endpoint = format!("https://{PROXIED_HOST}");
     let ca = w.ca.to_str().unwrap();
     let agent = BinaryAgent::spawn(
@@ -266,8 +209,84 @@ async fn the_bundle_and_https_proxy_work_together() {
     let r = agent.creds(&w.token()).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        tunnels.load(Ordering::SeqCst),
+        proxy.tunnels(&target),
         1,
         "EKS Auth reached through the proxy"
     );
+}
+
+/// An issuer URL behind a private CA: the keys load with the CA given only
+/// as `--ca-bundle` (the bundle the agent trusts for EKS Auth), through
+/// `HTTPS_PROXY` too. Key fetches go through the same client as EKS Auth.
+#[tokio::test]
+async fn keys_load_through_the_same_client_as_eks_auth() {
+    let w = World::start().await;
+    let ca = TestCa::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let keys_addr = listener.local_addr().unwrap();
+    let keys = Arc::new(Emulator::new(w.issuer.clone()));
+    let _keys = RunningEmulator::start_tls(
+        keys.clone(),
+        listener,
+        ca.server_config(&["127.0.0.1", PROXIED_HOST]),
+    );
+    let bundle = std::env::temp_dir().join(format!(
+        "pia-keys-bundle-{}-{}.pem",
+        std::process::id(),
+        testkit::issuer::uuid()
+    ));
+    ca.write_pem(&bundle).unwrap();
+    let bundle_arg = bundle.display().to_string();
+    let issuer = w.url();
+    let verified = |agent: &Agent| {
+        agent
+            .metrics
+            .token_verifications
+            .with_label_values(&["verified"])
+            .get()
+    };
+
+    // Directly: the bundle is the only way the CA is known.
+    let direct = format!("https://{keys_addr}");
+    keys.set_base_url(&direct);
+    for (with_bundle, expected) in [(true, 1), (false, 0)] {
+        let mut extra = vec!["--jwks-source", &direct, "--token-issuer", &issuer];
+        if with_bundle {
+            extra.extend(["--ca-bundle", &bundle_arg]);
+        }
+        let agent = w.agent(&extra).await;
+        let r = agent.creds(&w.token("default", "app", "p")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(verified(&agent), expected, "bundle given: {with_bundle}");
+    }
+
+    // Through HTTPS_PROXY: the issuer's name resolves only there.
+    let target = format!("{PROXIED_HOST}:443");
+    let proxy = ConnectProxy::start(&[(&target, keys_addr)]).await;
+    let proxied = format!("https://{PROXIED_HOST}");
+    keys.set_base_url(&proxied);
+    let args = w.agent_args(&[
+        "--jwks-source",
+        &proxied,
+        "--token-issuer",
+        &issuer,
+        "--ca-bundle",
+        &bundle_arg,
+    ]);
+    let proxy_url = proxy.url();
+    let no_proxy = "127.0.0.1";
+    let agent = w
+        .agent_with_env(
+            args,
+            Env::from_pairs(&[("HTTPS_PROXY", &proxy_url), ("NO_PROXY", no_proxy)]),
+        )
+        .await;
+    let r = agent.creds(&w.token("default", "app", "p")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(verified(&agent), 1);
+    assert!(
+        proxy.tunnels(&target) >= 1,
+        "keys fetched through the proxy"
+    );
+    let _ = std::fs::remove_file(bundle);
 }
