@@ -16,9 +16,11 @@ use tracing::{info, warn};
 use crate::cache::{CacheConfig, CredentialCache};
 use crate::cli::ServerArgs;
 use crate::clock::SharedClock;
+use crate::connections::Exemptions;
 use crate::eksauth::{CallGateConfig, EksAuth, EksAuthConfig};
 use crate::endpoint::CredentialEndpoint;
 use crate::env::Env;
+use crate::flow::Flows;
 use crate::https::{CaBundle, HttpsClient, Trust, proxy_from};
 use crate::instance::Instance;
 use crate::jwks::{JwksError, KeySource, KeyStore, KeyStoreConfig, resolve_source};
@@ -175,6 +177,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             Some(store)
         }
     };
+    let flows = Flows::new();
     let gate = TokenGate::new(
         GateConfig {
             audience: args.audience.clone(),
@@ -182,11 +185,13 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
             issuer,
             scope: args.cache_scope,
             memo_size: v.verified_token_cache_size,
+            memo_bytes: memo_bytes(v.verified_token_cache_size),
             strict: v.strict_verification,
             node_name: v.node_name.clone().filter(|n| !n.is_empty()),
             require_node_claim: v.require_node_claim,
         },
         keys.clone(),
+        flows.clone(),
         metrics.clone(),
     );
     let cache = CredentialCache::new(
@@ -219,6 +224,7 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
                 burst: args.per_client_rate_limit_burst,
             },
         ),
+        flows,
         clock,
         metrics.clone(),
     ));
@@ -230,6 +236,12 @@ pub async fn build(opts: Options) -> Result<App, ServerError> {
         instance,
         args,
     })
+}
+
+/// The memo's byte budget: 2 KiB a token (a projected token is about
+/// 1.1 KB), so `--verified-token-cache-size` bounds its memory too.
+pub fn memo_bytes(entries: u64) -> usize {
+    (entries as usize).saturating_mul(2048)
 }
 
 /// Serves until `shutdown` resolves, then drains (bounded by
@@ -247,15 +259,35 @@ pub async fn run(
         instance,
         args,
     } = app;
+    // The probe's own connections to the credential listeners are exempt
+    // from the connection shares: a pod hoarding connections must not make
+    // the agent look dead.
+    let exemptions = Exemptions::default();
     let limits = ConnLimits {
         max_connections: args.max_connections,
+        max_connections_per_source: args.max_connections_per_source,
         header_read_timeout: args.header_read_timeout,
         max_header_bytes: args.max_header_bytes,
+        exemptions: exemptions.clone(),
     };
     let maintenance = cache.spawn_maintenance(Duration::from_secs(5));
+    let log_summaries = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.logs.flush();
+            }
+        })
+    };
     // Readiness waits for keys only when tokens cannot be served without them.
     let wait_for_keys = keys.clone().filter(|_| args.verify.strict_verification);
-    let probes = Arc::new(Probes::new(listeners.credential_addrs(), wait_for_keys));
+    let probes = Arc::new(Probes::new(
+        listeners.credential_addrs(),
+        wait_for_keys,
+        exemptions,
+    ));
     let server = Server::new(endpoint, limits.clone(), Some(metrics.clone()));
     for l in listeners.credentials {
         server.add_listener(l);
@@ -287,6 +319,8 @@ pub async fn run(
     });
     let admin_limits = ConnLimits {
         max_connections: 64,
+        max_connections_per_source: 16,
+        exemptions: Exemptions::default(),
         ..limits
     };
     let probe_server = Server::new(
@@ -298,7 +332,7 @@ pub async fn run(
         probe_server.add_listener(l);
     }
     let metrics_server = Server::new(
-        Arc::new(Admin::new(probes.clone(), Some(metrics))),
+        Arc::new(Admin::new(probes.clone(), Some(metrics.clone()))),
         admin_limits,
         None,
     );
@@ -344,6 +378,8 @@ pub async fn run(
         metrics_server.drain(args.drain_timeout),
     );
     maintenance.abort();
+    log_summaries.abort();
+    metrics.logs.flush();
     if let Some((path, task)) = probe_socket {
         task.abort();
         crate::probe_socket::remove(&path);

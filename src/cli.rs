@@ -185,16 +185,26 @@ pub struct ServerArgs {
     /// Burst above --rate-limit.
     #[arg(long, default_value_t = 500)]
     pub rate_limit_burst: u32,
-    /// Requests per second accepted from one client IP; 0 disables.
+    /// Requests per second guaranteed to one flow (a verified workload, else
+    /// a source address); beyond it a flow borrows from --rate-limit while
+    /// nobody else needs it; 0 disables.
     #[arg(long, default_value_t = 100.0)]
     pub per_client_rate_limit: f64,
     /// Burst above --per-client-rate-limit.
     #[arg(long, default_value_t = 100)]
     pub per_client_rate_limit_burst: u32,
 
-    /// Open connections accepted at once on the credential endpoint; more are closed at once.
+    /// Open connections accepted at once on the credential endpoint; at the
+    /// cap, a source holding fewer than the source holding the most still
+    /// gets in (one of the heaviest's is closed), others are closed at once.
     #[arg(long, default_value_t = 8192)]
     pub max_connections: usize,
+    /// Open connections accepted from one source address (a pod; host-network
+    /// callers share the node's); more are closed at once. Bounds what one
+    /// pod can make the agent buffer (each connection up to
+    /// --max-header-bytes).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_source: usize,
     /// Time a client has to send complete request headers; also how long an
     /// idle keep-alive connection is kept.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -276,7 +286,9 @@ pub struct VerifyArgs {
     /// Mounted ServiceAccount (token, ca.crt) used for `--jwks-source apiserver`/`auto`.
     #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
     pub service_account_dir: PathBuf,
-    /// Verified tokens remembered so they are not verified again.
+    /// Confirmed tokens (verified, or answered with credentials by EKS Auth)
+    /// remembered so they are not checked again; also bounds their bytes
+    /// (2 KiB a token).
     #[arg(long, default_value_t = 20_000)]
     pub verified_token_cache_size: u64,
 }

@@ -9,10 +9,13 @@
 //! - `Host` (of an absolute-form target, else the header; port and `[]`
 //!   stripped) not an allowed host → 403
 //!   `Access Denied. Called agent through invalid address, please use either [<hosts>] address not <host>`;
-//! - token = raw `Authorization` header; empty, unparsable, expired,
-//!   not-yet-valid, wrong audience or refused by local verification → 400
-//!   with golang-jwt's words ([`crate::token`]);
-//! - rate limited (per workload, then global) → 429 `Too Many Requests`;
+//! - token = raw `Authorization` header; empty → 400;
+//! - rate limited → 429 `Too Many Requests` ([`crate::ratelimit`]): a
+//!   token admission remembers is charged to its [flow](crate::flow); any
+//!   other to the caller's address, before it is parsed, so what a pod
+//!   sends (forged tokens, garbage) costs its own share;
+//! - unparsable, expired, not-yet-valid, wrong audience or refused by local
+//!   verification → 400 with golang-jwt's words ([`crate::token`]);
 //! - EKS Auth error → its status, `[<request-id>]: (<Code>): <message>, fault: client|server`;
 //!   EKS Auth unreachable, timed out, or an answer that is not a usable
 //!   credential → 500;
@@ -35,6 +38,8 @@ use tracing::debug;
 use crate::cache::{CredentialCache, FetchError, Outcome, TokenRef};
 use crate::clock::SharedClock;
 use crate::eksauth::EksAuthError;
+use crate::flow::Flows;
+use crate::logging::Topic;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::serve::{Handler, HttpResponse, text_response};
@@ -137,6 +142,7 @@ pub struct CredentialEndpoint {
     gate: TokenGate,
     cache: CredentialCache,
     limiter: RateLimiter,
+    flows: Flows,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Per-request series resolved once (`with_label_values` hashes and locks).
@@ -151,6 +157,7 @@ impl CredentialEndpoint {
         gate: TokenGate,
         cache: CredentialCache,
         limiter: RateLimiter,
+        flows: Flows,
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -165,6 +172,7 @@ impl CredentialEndpoint {
             gate,
             cache,
             limiter,
+            flows,
             clock,
             ok_responses: metrics.http_response.with_label_values(&["200"]),
             metrics,
@@ -174,6 +182,7 @@ impl CredentialEndpoint {
     async fn credentials(
         &self,
         req: &Request<Incoming>,
+        peer: SocketAddr,
         now_ms: u64,
     ) -> Result<(Bytes, Outcome), RequestError> {
         if req.uri().path() != CREDENTIALS_PATH {
@@ -206,22 +215,40 @@ impl CredentialEndpoint {
             .headers()
             .get(AUTHORIZATION)
             .map_or(&b""[..], |v| v.as_bytes());
-        let admitted = self.gate.admit(token, (now_ms / 1000) as i64).await?;
-        // Charged after admission, so the bucket is the workload's (a
-        // looping pod spends its own budget) and refused requests spend
-        // no global tokens.
-        self.limiter
-            .check(admitted.fairness_key, now_ms)
-            .map_err(RequestError::RateLimited)?;
+        let now_secs = (now_ms / 1000) as i64;
+        let source = || self.flows.source(peer.ip());
+        // Every request is charged once: a remembered token to its flow,
+        // any other to its caller's address before it is parsed.
+        let (admitted, first) = match self.gate.remembered(token, now_secs)? {
+            Some(admitted) => {
+                let flow = admitted.flow.unwrap_or_else(source);
+                self.limiter
+                    .check(flow, now_ms)
+                    .map_err(RequestError::RateLimited)?;
+                (admitted, false)
+            }
+            None => {
+                self.limiter
+                    .check(source(), now_ms)
+                    .map_err(RequestError::RateLimited)?;
+                (self.gate.admit(token, now_secs).await?, true)
+            }
+        };
         let token_ref = || TokenRef {
             raw: admitted.raw.clone(),
             hash: admitted.hash,
             expires: admitted.validity.expires,
         };
-        self.cache
-            .get(&admitted.key, admitted.hash, token_ref, now_ms)
+        let flow = admitted.flow.unwrap_or_else(source);
+        let result = self
+            .cache
+            .get(&admitted.key, admitted.hash, token_ref, flow, now_ms)
             .await
-            .map_err(RequestError::EksAuth)
+            .map_err(RequestError::EksAuth)?;
+        if first {
+            self.gate.confirm(&admitted, now_secs);
+        }
+        Ok(result)
     }
 }
 
@@ -319,7 +346,7 @@ impl Handler for CredentialEndpoint {
             // hyper drops this future when the client hangs up mid-request;
             // the guard keeps the gauge right either way.
             let _in_flight = InFlight::enter(&self.metrics.in_flight);
-            self.credentials(&req, now_ms).await
+            self.credentials(&req, peer, now_ms).await
         };
         let (resp, outcome) = match result {
             Ok((body, outcome)) => (json_response(body), outcome.as_str()),
@@ -345,15 +372,17 @@ impl Handler for CredentialEndpoint {
         // A hit takes a microsecond or two, below the histogram's first
         // bucket: hits are counted (`cache_state{state="hit"}`), not timed,
         // which spares the hot path a clock read.
-        if outcome != "hit" {
-            let took = started.elapsed();
+        let took = (outcome != "hit").then(|| started.elapsed());
+        if let Some(took) = took {
             self.metrics
                 .request_duration
                 .with_label_values(&[outcome])
                 .observe(took.as_secs_f64());
-            debug!(%peer, status = status.as_u16(), outcome, latency_us = took.as_micros() as u64, "credential request");
-        } else {
-            debug!(%peer, status = status.as_u16(), outcome, "credential request");
+        }
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && let Some(suppressed) = self.metrics.logs.allow(Topic::Request)
+        {
+            debug!(%peer, status = status.as_u16(), outcome, latency_us = took.map(|t| t.as_micros() as u64), suppressed, "credential request");
         }
         resp
     }

@@ -18,11 +18,13 @@
 //! - [`env`]: the environment variables the agent reads, injectable.
 //! - [`credentials`]: credential values, redaction, the pod-facing JSON.
 //! - [`serve`]: hardened HTTP/1 serving shared by every listener.
+//! - [`connections`]: connection shares: the cap, per-source shares, room made at the cap, probe exemption.
 //! - [`probe`]: `/healthz`, `/readyz` and the metrics server's routes.
 //! - [`probe_socket`]: per-instance probes over a unix socket, and `probe`.
 //! - [`reuseport`]: listeners shared with the next agent during a rollout.
 //! - [`instance`]: this process's identity and phase (starting, serving, draining).
-//! - [`ratelimit`]: global and per-client token buckets.
+//! - [`flow`]: whom a request's cost is charged to (verified workload, else source address).
+//! - [`ratelimit`]: the global and per-flow request limits (work-conserving).
 //! - [`rotating`]: `--rotate-credentials`, the re-read shared credentials file.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`logging`]: tracing setup that keeps secrets out of logs.
@@ -38,11 +40,13 @@ pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod connections;
 pub mod credentials;
 pub mod duration;
 pub mod eksauth;
 pub mod endpoint;
 pub mod env;
+pub mod flow;
 pub mod gojson;
 pub mod https;
 pub mod instance;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::logging::LogLimiter;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,14 +28,28 @@ pub struct Metrics {
     pub eksauth_throttled: IntCounter,
     pub eksauth_queue_depth: IntGauge,
     pub eksauth_queue_wait: Histogram,
-    pub eksauth_queue_rejected: IntCounter,
+    /// `reason`: `full` (refused on arrival), `pushed_out` (a queued call
+    /// of the flow holding the most slots, to make room for another flow).
+    pub eksauth_queue_rejected: IntCounterVec,
+    /// Flows with calls waiting in the EKS Auth queue.
+    pub eksauth_queue_flows: IntGauge,
     pub eksauth_duration: HistogramVec,
     pub token_verifications: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub jwks_keys: IntGauge,
     pub rate_limited: IntCounterVec,
     pub open_connections: IntGauge,
-    pub rejected_connections: IntCounter,
+    /// `reason`: `cap` (--max-connections), `source_share`
+    /// (--max-connections-per-source).
+    pub rejected_connections: IntCounterVec,
+    /// Idle connections of the source holding the most, closed to admit a
+    /// source holding fewer at the cap.
+    pub evicted_connections: IntCounter,
+    /// Source addresses holding connections.
+    pub connection_sources: IntGauge,
+    /// Per-topic log budgets (see [`LogLimiter`]): telemetry as much as the
+    /// counters, and handed around with them.
+    pub logs: LogLimiter,
     /// No labels; a vector only so the series is absent until set.
     pub ready: IntGaugeVec,
 }
@@ -199,10 +214,16 @@ impl Metrics {
                     .expect("metric names are unique within the registry");
                 h
             },
-            eksauth_queue_rejected: counter(
+            eksauth_queue_rejected: counter_vec(
                 &r,
                 "pod_identity_eksauth_queue_rejected_total",
-                "Requests refused (503) because the EKS Auth call queue was full.",
+                "Requests refused (503) because the EKS Auth call queue was full, by reason: full (on arrival), pushed_out (the flow holding the most slots made room for another).",
+                &["reason"],
+            ),
+            eksauth_queue_flows: gauge(
+                &r,
+                "pod_identity_eksauth_queue_flows",
+                "Flows (verified workloads, else source addresses) with EKS Auth calls waiting.",
             ),
             eksauth_duration: histogram_vec(
                 &r,
@@ -230,7 +251,7 @@ impl Metrics {
             rate_limited: counter_vec(
                 &r,
                 "pod_identity_rate_limited_total",
-                "Requests refused with 429, by limit (global, client).",
+                "Requests refused with 429, by limit: flow (the workload's or source's share), global.",
                 &["limit"],
             ),
             open_connections: gauge(
@@ -238,11 +259,28 @@ impl Metrics {
                 "pod_identity_open_connections",
                 "Open connections on the credential endpoint.",
             ),
-            rejected_connections: counter(
+            rejected_connections: counter_vec(
                 &r,
                 "pod_identity_rejected_connections_total",
-                "Connections closed at once because --max-connections were open.",
+                "Connections closed at once, by reason: cap (--max-connections open), source_share (--max-connections-per-source open from that address).",
+                &["reason"],
             ),
+            evicted_connections: counter(
+                &r,
+                "pod_identity_connections_evicted_total",
+                "Connections of the source holding the most closed at the cap to admit another source's.",
+            ),
+            connection_sources: gauge(
+                &r,
+                "pod_identity_connection_sources",
+                "Source addresses holding connections to the credential endpoint.",
+            ),
+            logs: LogLimiter::new(Some(counter_vec(
+                &r,
+                "pod_identity_log_lines_suppressed_total",
+                "Per-request log lines not written because their topic was over its budget (10 at once, then 1/s), by topic.",
+                &["topic"],
+            ))),
             ready: gauge_vec(
                 &r,
                 "pod_identity_ready",
@@ -278,6 +316,14 @@ impl Metrics {
         self.eksauth_duration
             .with_label_values(&[result])
             .observe(took.as_secs_f64());
+    }
+
+    /// Calls refused by the EKS Auth queue, for every reason.
+    pub fn queue_rejected(&self) -> u64 {
+        ["full", "pushed_out"]
+            .iter()
+            .map(|r| self.eksauth_queue_rejected.with_label_values(&[r]).get())
+            .sum()
     }
 
     /// Prometheus text exposition format 0.0.4.

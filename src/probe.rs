@@ -4,7 +4,10 @@
 //! Upstream semantics: `GET http://<bind address>/` on every credential
 //! listener, one after the other, must answer 404 within one shared 10 s
 //! deadline → 200 (empty body); deadline → 408 (empty); anything else → 500
-//! `Internal Server Error occurred`. With
+//! `Internal Server Error occurred`. The probe connects from a local
+//! address it announces first ([`Exemptions`]), so its connections are not
+//! counted against the connection shares: a pod hoarding connections
+//! cannot make the agent look dead. With
 //! `--strict-verification`, readiness also waits for signing keys (without
 //! keys every token would be refused); otherwise tokens are forwarded to EKS
 //! Auth until keys load, and the agent is ready.
@@ -15,7 +18,7 @@
 //! process can say (is it serving yet, is it draining), for the
 //! per-instance probe socket ([`crate::probe_socket`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -26,16 +29,25 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{Empty, Full};
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
 
+use crate::connections::Exemptions;
 use crate::instance::{Instance, Phase};
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
 use crate::serve::{Handler, HttpResponse, text_response};
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why one probe request failed (any failure is a 500; kept for debugging).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
 
 /// `Probes::last_ready` before the first readiness check.
 const UNKNOWN: u8 = 2;
@@ -46,31 +58,64 @@ pub struct Probes {
     last_ready: AtomicU8,
     targets: RwLock<Vec<SocketAddr>>,
     keys: Option<Arc<KeyStore>>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    exemptions: Exemptions,
 }
 
 impl Probes {
-    pub fn new(targets: Vec<SocketAddr>, keys: Option<Arc<KeyStore>>) -> Self {
-        Self::with_deadline(targets, keys, PROBE_DEADLINE)
+    pub fn new(
+        targets: Vec<SocketAddr>,
+        keys: Option<Arc<KeyStore>>,
+        exemptions: Exemptions,
+    ) -> Self {
+        Self::with_deadline(targets, keys, exemptions, PROBE_DEADLINE)
     }
 
     pub fn with_deadline(
         targets: Vec<SocketAddr>,
         keys: Option<Arc<KeyStore>>,
+        exemptions: Exemptions,
         deadline: Duration,
     ) -> Self {
-        // No connect timeout of its own: a connect that hangs (SYNs dropped)
-        // must run into the shared deadline and answer 408, as upstream does.
-        let connector = HttpConnector::new();
         Self {
             deadline,
             last_ready: AtomicU8::new(UNKNOWN),
             targets: RwLock::new(targets),
             keys,
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(0)
-                .build(connector),
+            exemptions,
         }
+    }
+
+    /// `GET /` on `target`'s listener, from an announced local address.
+    /// No connect timeout of its own: a connect that hangs (SYNs dropped)
+    /// runs into the shared deadline and answers 408, as upstream's does.
+    async fn get_root(&self, target: SocketAddr) -> Result<StatusCode, ProbeError> {
+        // The listener's own address is local: connecting from it makes the
+        // source known before the connection exists (unspecified listeners
+        // are reached over loopback).
+        let ip = match target.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+            ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let target = SocketAddr::new(ip, target.port());
+        let socket = if ip.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+        let _exempt = self.exemptions.announce(socket.local_addr()?);
+        let stream = socket.connect(target).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let req = Request::get("/")
+            .header(http::header::HOST, target.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("a request to a socket address is valid");
+        let status = sender.send_request(req).await?.status();
+        conn.abort();
+        Ok(status)
     }
 
     pub fn add_target(&self, addr: SocketAddr) {
@@ -84,11 +129,8 @@ impl Probes {
         let targets = self.targets.read().expect("targets lock").clone();
         let all = async {
             for addr in targets {
-                let req = Request::get(format!("http://{addr}/"))
-                    .body(Empty::new())
-                    .expect("a request to a socket address is valid");
-                match self.client.request(req).await {
-                    Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
+                match self.get_root(addr).await {
+                    Ok(StatusCode::NOT_FOUND) => {}
                     _ => return false,
                 }
             }

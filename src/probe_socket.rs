@@ -212,7 +212,7 @@ mod tests {
         // the phase decides.
         let probes = Arc::new(InstanceProbes::new(
             instance.clone(),
-            Arc::new(Probes::new(Vec::new(), None)),
+            Arc::new(Probes::new(Vec::new(), None, Default::default())),
         ));
         let task = spawn(listener, probes);
         let ask = |check: &'static str| {

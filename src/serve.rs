@@ -1,6 +1,8 @@
 //! Hardened HTTP/1 serving shared by the credential, probe and metrics
-//! servers: a cap on open connections, a deadline for request heads (which
-//! also closes idle keep-alive connections), a request-head size limit (hyper
+//! servers: connection shares ([`crate::connections`]: a cap, a share per
+//! source address, room made at the cap, probe connections exempt), a
+//! deadline for request heads (which also closes idle keep-alive
+//! connections; shorter near the cap), a request-head size limit (hyper
 //! answers 431 beyond it), Go's refusal of HTTP/1.1 requests without `Host`,
 //! and a bounded graceful drain.
 //!
@@ -30,24 +32,32 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::connections::{Admission, Connections, Exemptions, NEAR_CAP_IDLE};
+use crate::logging::Topic;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Connections from these local addresses (the agent's own probe) are
+    /// not counted.
+    pub exemptions: Exemptions,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_source: 1024,
             header_read_timeout: Duration::from_secs(5),
             max_header_bytes: 16 * 1024,
+            exemptions: Exemptions::default(),
         }
     }
 }
@@ -111,7 +121,12 @@ impl<H: Handler> Server<H> {
         Self {
             adder: ListenerAdder {
                 handler,
-                permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+                connections: Connections::new(
+                    limits.max_connections,
+                    limits.max_connections_per_source,
+                    limits.exemptions.clone(),
+                    metrics.clone(),
+                ),
                 limits,
                 metrics,
                 signal,
@@ -161,7 +176,7 @@ impl<H: Handler> Server<H> {
 pub struct ListenerAdder<H> {
     handler: Arc<H>,
     limits: ConnLimits,
-    permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
     metrics: Option<Arc<Metrics>>,
     signal: watch::Sender<bool>,
     done_tx: mpsc::WeakSender<()>,
@@ -172,7 +187,7 @@ impl<H> Clone for ListenerAdder<H> {
         Self {
             handler: self.handler.clone(),
             limits: self.limits.clone(),
-            permits: self.permits.clone(),
+            connections: self.connections.clone(),
             metrics: self.metrics.clone(),
             signal: self.signal.clone(),
             done_tx: self.done_tx.clone(),
@@ -192,13 +207,30 @@ impl<H: Handler> ListenerAdder<H> {
         let ctx = AcceptCtx {
             handler: self.handler.clone(),
             limits: self.limits.clone(),
-            permits: self.permits.clone(),
+            connections: self.connections.clone(),
             metrics: self.metrics.clone(),
             signal: self.signal.subscribe(),
             done_tx,
         };
         tokio::spawn(ctx.run(listener));
         true
+    }
+}
+
+/// Marks a connection busy while a request is answered on it (room is
+/// made at the cap with idle connections first).
+struct Busy<'a>(&'a crate::connections::Conn);
+
+impl<'a> Busy<'a> {
+    fn enter(conn: &'a crate::connections::Conn) -> Self {
+        conn.set_busy(true);
+        Self(conn)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set_busy(false);
     }
 }
 
@@ -235,22 +267,33 @@ impl FirstRequest {
 struct AcceptCtx<H> {
     handler: Arc<H>,
     limits: ConnLimits,
-    permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
     metrics: Option<Arc<Metrics>>,
     signal: watch::Receiver<bool>,
     done_tx: mpsc::Sender<()>,
 }
 
 impl<H: Handler> AcceptCtx<H> {
+    fn allow_log(&self, topic: Topic) -> Option<Option<u64>> {
+        match &self.metrics {
+            Some(m) => m.logs.allow(topic),
+            None => Some(None),
+        }
+    }
+
     async fn run(mut self, listener: TcpListener) {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_bytes.max(8192))
-            .max_header_size(self.limits.max_header_bytes)
-            .keep_alive(true);
-        let builder = Arc::new(builder);
+        let builder = |idle: Duration| {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(idle)
+                .max_buf_size(self.limits.max_header_bytes.max(8192))
+                .max_header_size(self.limits.max_header_bytes)
+                .keep_alive(true);
+            Arc::new(builder)
+        };
+        let normal = builder(self.limits.header_read_timeout);
+        let near_cap = builder(self.limits.header_read_timeout.min(NEAR_CAP_IDLE));
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -262,59 +305,82 @@ impl<H: Handler> AcceptCtx<H> {
                 Ok(a) => a,
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %err, "accept failed");
+                    if let Some(suppressed) = self.allow_log(Topic::Accept) {
+                        warn!(error = %err, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                if let Some(m) = &self.metrics {
-                    m.rejected_connections.inc();
+            let (held, builder) = match self.connections.admit(peer) {
+                Admission::Admitted(held) => {
+                    let builder = if held.near_cap { &near_cap } else { &normal };
+                    (Some(held), builder.clone())
                 }
-                debug!(%peer, "connection limit reached; closing new connection");
-                drop(stream);
-                continue;
+                Admission::Exempt => (None, normal.clone()),
+                Admission::Refused(reason) => {
+                    if let Some(suppressed) = self.allow_log(Topic::Connection) {
+                        debug!(%peer, reason, suppressed, "connection refused by the connection shares");
+                    }
+                    drop(stream);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let handler = self.handler.clone();
             let metrics = self.metrics.clone();
             let mut signal = self.signal.clone();
             let done_tx = self.done_tx.clone();
-            let builder = builder.clone();
             tokio::spawn(async move {
-                if let Some(m) = &metrics {
-                    m.open_connections.inc();
-                }
+                let _ = &metrics;
+                let conn = held.as_ref().map(|h| h.conn.clone());
                 let first = FirstRequest::default();
                 let begun = first.clone();
+                let busy = conn.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     begun.begin();
                     let handler = handler.clone();
+                    let busy = busy.clone();
                     async move {
                         if req.version() == http::Version::HTTP_11
                             && !req.headers().contains_key(http::header::HOST)
                         {
                             return Ok::<_, Infallible>(missing_host());
                         }
+                        let _busy = busy.as_deref().map(Busy::enter);
                         Ok(handler.handle(req, peer).await)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
+                let hyper_conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(hyper_conn);
                 // Connection first: when the drain signal and a request's
                 // bytes arrive together, the request is read (and then
                 // answered with `Connection: close`) rather than the
                 // connection closed with the request unread, which resets it.
-                let mut drained = tokio::select! {
+                let evicted = async {
+                    match &conn {
+                        Some(c) => c.evicted().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let mut served = hyper_conn;
+                let (mut drained, evict) = tokio::select! {
                     biased;
-                    res = conn.as_mut() => {
+                    res = served.as_mut() => {
                         if let Err(err) = res {
                             debug!(%peer, error = %err, "connection ended with an error");
                         }
-                        false
+                        (false, false)
                     }
-                    _ = signal.wait_for(|draining| *draining) => true,
+                    _ = signal.wait_for(|draining| *draining) => (true, false),
+                    _ = evicted => (false, true),
                 };
+                // Made room for another source: close once idle (hyper
+                // answers a request in progress first).
+                if evict {
+                    served.as_mut().graceful_shutdown();
+                    let _ = served.as_mut().await;
+                }
                 // hyper's graceful shutdown closes a connection on which it
                 // has read nothing yet. But the client connected to this
                 // agent and its request is on the way: closing would reset
@@ -324,18 +390,15 @@ impl<H: Handler> AcceptCtx<H> {
                 if drained && !first.begun() {
                     drained = tokio::select! {
                         biased;
-                        _ = conn.as_mut() => false,
+                        _ = served.as_mut() => false,
                         _ = first.wait() => true,
                     };
                 }
                 if drained {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+                    served.as_mut().graceful_shutdown();
+                    let _ = served.as_mut().await;
                 }
-                if let Some(m) = &metrics {
-                    m.open_connections.dec();
-                }
-                drop(permit);
+                drop(held);
                 drop(done_tx);
             });
         }

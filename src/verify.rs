@@ -18,10 +18,12 @@
 //! they can only refuse (a token naming another issuer or node cannot be
 //! this cluster's token for this node), never admit.
 //!
-//! Only a signature-verified token yields an identity key; everything else
-//! is keyed by the token's hash. Admitted tokens are remembered until they
-//! expire or the key set changes, so a token is verified once, not per
-//! request.
+//! Only a signature-verified token yields an identity key and a workload
+//! [flow](crate::flow); everything else is keyed by the token's hash and
+//! charged to its caller's address. Confirmed tokens (verified, or answered
+//! with credentials by EKS Auth: [`TokenGate::confirm`]) are remembered
+//! until they expire or the key set changes, so a token is checked once,
+//! not per request; nothing is kept for a token neither has confirmed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +32,9 @@ use tracing::warn;
 
 use crate::cache::CacheKey;
 use crate::cli::CacheScope;
+use crate::flow::{Flow, Flows};
 use crate::jwks::{self, KeyLookup, KeyStore};
+use crate::logging::Topic;
 use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::token::{self, Claims, Identity, Parsed, TokenError, TokenHash, Validity};
@@ -101,10 +105,12 @@ pub struct Admitted {
     pub hash: TokenHash,
     pub validity: Validity,
     pub key: CacheKey,
-    /// Whose bucket the per-client rate limit charges: the verified pod, or
-    /// the exact token.
-    pub fairness_key: u64,
+    /// The verified workload's flow; `None` when not verified (the caller's
+    /// address is the flow then).
+    pub flow: Option<Flow>,
     pub verified: bool,
+    /// The key-store generation it was admitted under.
+    generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +127,8 @@ pub struct GateConfig {
     pub issuer: Option<String>,
     pub scope: CacheScope,
     pub memo_size: u64,
+    /// Bytes of remembered tokens, at most (about).
+    pub memo_bytes: usize,
     /// Refuse inconclusive tokens instead of forwarding them.
     pub strict: bool,
     /// `--node-name`: tokens naming another node are refused.
@@ -132,43 +140,98 @@ pub struct TokenGate {
     config: GateConfig,
     keys: Option<Arc<KeyStore>>,
     /// Admitted tokens with the key-store generation they were admitted under.
-    memo: Memo<(u64, Arc<Admitted>)>,
-    fairness: ahash::RandomState,
+    memo: Memo<Arc<Admitted>>,
+    flows: Flows,
     metrics: Arc<Metrics>,
     /// Last warning per inconclusive reason (epoch seconds), one a minute.
     warned: [AtomicU64; 3],
 }
 
 impl TokenGate {
-    pub fn new(config: GateConfig, keys: Option<Arc<KeyStore>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: GateConfig,
+        keys: Option<Arc<KeyStore>>,
+        flows: Flows,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            memo: Memo::new(config.memo_size.max(1)),
+            memo: Memo::new(config.memo_size.max(1), config.memo_bytes),
             config,
             keys,
-            fairness: ahash::RandomState::new(),
+            flows,
             metrics,
             warned: Default::default(),
         }
     }
 
-    /// Admission at `now_secs`. A token seen before costs one memo lookup;
-    /// the first sighting is parsed, hashed and verified (boxed, to keep
-    /// the hit path's future small).
+    /// A remembered (confirmed) token at `now_secs`: one memo lookup and
+    /// its time checks. `None`: not remembered, [`admit`](Self::admit) it.
+    pub fn remembered(
+        &self,
+        raw: &[u8],
+        now_secs: i64,
+    ) -> Result<Option<Arc<Admitted>>, AdmitError> {
+        if raw.is_empty() {
+            return Err(TokenError::Empty.into());
+        }
+        let generation = self.keys.as_ref().map_or(0, |k| k.generation());
+        let Some(admitted) = self.memo.get(raw) else {
+            return Ok(None);
+        };
+        if admitted.generation != generation {
+            return Ok(None);
+        }
+        admitted.validity.check(now_secs, self.config.leeway_secs)?;
+        if admitted.verified {
+            self.outcome("cached");
+        }
+        Ok(Some(admitted))
+    }
+
+    /// Admission of a token not remembered: parsed, checked and (with keys)
+    /// verified (boxed, to keep the caller's future small). A verified
+    /// token is remembered; an unverified one only once EKS Auth confirms it.
     pub async fn admit(&self, raw: &[u8], now_secs: i64) -> Result<Arc<Admitted>, AdmitError> {
         if raw.is_empty() {
             return Err(TokenError::Empty.into());
         }
         let generation = self.keys.as_ref().map_or(0, |k| k.generation());
-        if let Some((memo_generation, admitted)) = self.memo.get(raw)
-            && memo_generation == generation
-        {
-            admitted.validity.check(now_secs, self.config.leeway_secs)?;
-            if admitted.verified {
-                self.outcome("cached");
-            }
-            return Ok(admitted);
-        }
         Box::pin(self.admit_first(raw, now_secs, generation)).await
+    }
+
+    /// [`remembered`](Self::remembered), else [`admit`](Self::admit): what
+    /// the endpoint does, without the rate limit in between (benchmarks).
+    pub async fn lookup_or_admit(
+        &self,
+        raw: &[u8],
+        now_secs: i64,
+    ) -> Result<Arc<Admitted>, AdmitError> {
+        match self.remembered(raw, now_secs)? {
+            Some(admitted) => Ok(admitted),
+            None => self.admit(raw, now_secs).await,
+        }
+    }
+
+    /// EKS Auth answered `admitted` (an unverified token) with credentials:
+    /// it is genuine, remember it.
+    pub fn confirm(&self, admitted: &Arc<Admitted>, now_secs: i64) {
+        if !admitted.verified {
+            self.remember(admitted.clone(), now_secs);
+        }
+    }
+
+    /// Tokens remembered, and their bytes as the memo counts them.
+    pub fn remembered_size(&self) -> (usize, usize) {
+        (self.memo.len(), self.memo.bytes())
+    }
+
+    fn remember(&self, admitted: Arc<Admitted>, now_secs: i64) {
+        self.memo.insert(
+            admitted.raw.clone(),
+            admitted.validity.expires.unwrap_or(i64::MAX),
+            admitted,
+            now_secs,
+        );
     }
 
     async fn admit_first(
@@ -187,11 +250,14 @@ impl TokenGate {
         .inspect_err(|e| self.outcome(e.reason()))?;
         if let Err(err) = self.check_node(&parsed.claims) {
             self.outcome(err.reason());
-            warn!(
-                reason = err.reason(),
-                node = self.config.node_name.as_deref(),
-                "refused a token bound to another node"
-            );
+            if let Some(suppressed) = self.metrics.logs.allow(Topic::OtherNode) {
+                warn!(
+                    reason = err.reason(),
+                    node = self.config.node_name.as_deref(),
+                    suppressed,
+                    "refused a token bound to another node"
+                );
+            }
             return Err(err.into());
         }
         if let Err(err) = self.check_issuer(&parsed.claims) {
@@ -220,26 +286,25 @@ impl TokenGate {
             std::str::from_utf8(raw).expect("a parsed token is UTF-8 (token::parse checks it)"),
         );
         let hash = TokenHash::of(&raw);
-        let fairness_key = match &identity {
-            Some(id) => self
-                .fairness
-                .hash_one((&id.namespace, &id.service_account, &id.pod_uid)),
-            None => self.fairness.hash_one(hash.0),
-        };
+        let flow = identity.as_ref().map(|id| {
+            self.flows.workload(
+                &id.namespace,
+                &id.service_account,
+                id.pod_uid.as_deref().unwrap_or_default(),
+            )
+        });
         let admitted = Arc::new(Admitted {
             hash,
             validity,
             key: CacheKey::for_request(hash, identity.as_ref(), self.config.scope),
-            fairness_key,
+            flow,
             verified: identity.is_some(),
-            raw: raw.clone(),
-        });
-        self.memo.insert(
             raw,
-            validity.expires.unwrap_or(i64::MAX),
-            (generation, admitted.clone()),
-            now,
-        );
+            generation,
+        });
+        if admitted.verified {
+            self.remember(admitted.clone(), now);
+        }
         Ok(admitted)
     }
 

@@ -499,6 +499,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
                     &key,
                     hash,
                     token_ref,
+                    pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into()),
                     testkit::issuer::now_secs() as u64 * 1000,
                 )
                 .await
@@ -512,6 +513,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
             &key,
             hash,
             token_ref,
+            pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into()),
             testkit::issuer::now_secs() as u64 * 1000,
         )
         .await

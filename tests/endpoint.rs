@@ -411,7 +411,12 @@ async fn probes_follow_upstream_semantics() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
-    let p = Probes::with_deadline(vec![agent.addr, closed_addr], None, Duration::from_secs(2));
+    let p = Probes::with_deadline(
+        vec![agent.addr, closed_addr],
+        None,
+        Default::default(),
+        Duration::from_secs(2),
+    );
     assert_eq!(
         p.healthy().await.as_u16(),
         500,
@@ -423,6 +428,7 @@ async fn probes_follow_upstream_semantics() {
     let p = Probes::with_deadline(
         vec![agent.addr, blackhole.addr],
         None,
+        Default::default(),
         Duration::from_millis(500),
     );
     assert_eq!(p.healthy().await.as_u16(), 408, "blackholed bind address");
@@ -431,6 +437,7 @@ async fn probes_follow_upstream_semantics() {
     let p = Probes::with_deadline(
         vec![agent.addr, silent.local_addr().unwrap()],
         None,
+        Default::default(),
         Duration::from_millis(500),
     );
     assert_eq!(p.healthy().await.as_u16(), 408);
@@ -494,7 +501,6 @@ async fn binary_serves_with_sdk_environment() {
             ("AWS_ACCESS_KEY_ID", NODE_AKID),
             ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
         ],
-        std::process::Stdio::null(),
     )
     .await;
     let r = agent.creds(&w.token("default", "app", "p")).await;
@@ -561,7 +567,6 @@ async fn eks_auth_calls_honour_http_proxy_and_no_proxy() {
                 ("AWS_ACCESS_KEY_ID", NODE_AKID),
                 ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
             ],
-            std::process::Stdio::null(),
         )
         .await;
         let before = proxied.load(std::sync::atomic::Ordering::SeqCst);

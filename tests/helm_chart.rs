@@ -23,14 +23,25 @@
 //!
 //! Each rendered container is written down below exactly (arguments as
 //! strings, as Kubernetes passes them). The first tests run go-runner's
-//! parser and then the agent's on them; the last one executes them, in a
+//! parser and then the agent's on them; the last ones execute them, in a
 //! network namespace, against the binaries laid out as in the image.
+//!
+//! Local token verification: the chart mounts no ServiceAccount token
+//! (`automountServiceAccountToken: false`), so with its values unchanged the
+//! agent's `--jwks-source auto` verifies nothing locally, as upstream's agent.
+//! `daemonset/examples/chart-values-verify.yaml` adds the token (and a JWKS
+//! cache) to the server container through `daemonsets.<name>.volumes` and
+//! `volumeMounts`; `tests/packaging/check.py` checks what the chart renders
+//! from it (VERIFY_SERVER_ARGS, the mounts), and the last test runs that
+//! container against an API server serving the cluster's keys.
 
 mod common;
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -38,6 +49,9 @@ use common::netns::{Netns, check, wait_for};
 use common::{bin, is_root, skip, testkit_bin};
 use go_runner::flags::{self, Parsed};
 use pod_identity_agent::cli::{Cli, Command};
+use serde_json::json;
+use testkit::apiserver::FakeApiServer;
+use testkit::issuer::{Issuer, TokenSpec};
 
 const SERVER: [&str; 3] = ["/go-runner", "/eks-pod-identity-agent", "server"];
 const INITIALIZE: [&str; 3] = ["/go-runner", "/eks-pod-identity-agent", "initialize"];
@@ -98,6 +112,26 @@ const CUSTOM_SERVER_ARGS: &[&str] = &[
     "-v",
     "info",
 ];
+/// `clusterName=my-cluster` with `-f daemonset/examples/chart-values-verify.yaml`
+/// (`agent.additionalArgs` gains `--jwks-cache-path`; the hybrid DaemonSets
+/// add `--rotate-credentials true`). tests/packaging/check.py checks that the
+/// values file renders exactly these (CHART_VERIFY_SERVER_ARGS).
+const VERIFY_SERVER_ARGS: &[&str] = &[
+    "--port",
+    "80",
+    "--cluster-name",
+    "my-cluster",
+    "--probe-port",
+    "2703",
+    "--jwks-cache-path",
+    "/var/lib/eks-pod-identity-agent/jwks.json",
+    "-v",
+    "trace",
+];
+/// Where those values mount the ServiceAccount's projected token volume
+/// (token, ca.crt, namespace) and the JWKS cache's emptyDir.
+const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const JWKS_CACHE_MOUNT: &str = "/var/lib/eks-pod-identity-agent";
 /// eks-charts PR #1123 and the agent chart before v0.1.17: no additionalArgs
 /// (the init container has no `args:` at all).
 const BARE_SERVER_ARGS: &[&str] = &[
@@ -197,6 +231,22 @@ fn custom_values_render() {
     assert_eq!(s.bind_hosts, ["169.254.170.23"]);
     assert_eq!(s.max_cache_size, 500);
     assert_eq!(cli.log.verbosity, "info");
+}
+
+/// The values file's server: the agent looks for the ServiceAccount where
+/// the values mount it, and keeps the keys on the emptyDir.
+#[test]
+fn verify_values_render() {
+    let (cli, s) = server(VERIFY_SERVER_ARGS);
+    assert_eq!(cli.log.verbosity, "trace");
+    assert_eq!(s.cluster_name, "my-cluster");
+    assert_eq!(s.verify.jwks_source, "auto");
+    assert_eq!(s.verify.service_account_dir, Path::new(SA_MOUNT));
+    assert_eq!(
+        s.verify.jwks_cache_path.as_deref(),
+        Some(Path::new(JWKS_CACHE_MOUNT).join("jwks.json").as_path())
+    );
+    assert!(s.ignored.is_empty(), "{:?}", s.ignored);
 }
 
 #[test]
@@ -583,78 +633,214 @@ fn serve_and_drain(ns: &Netns, server: Running, token: &str) -> (String, String)
     (stdout, stderr)
 }
 
+/// A node as the chart leaves it before its server starts: the init
+/// container has run (link and addresses checked), and EKS Auth (the
+/// emulator, outside the image) is reachable from the node.
+struct ChartNode {
+    // Dropped in this order: the processes before their root and namespace.
+    _emulator: Running,
+    /// The emulator's URL; also the issuer its key file's tokens name.
+    endpoint: String,
+    /// The emulator's signing key (PEM).
+    key: PathBuf,
+    image: ImageRoot,
+    ns: Netns,
+}
+
+impl ChartNode {
+    fn start(prefix: &str) -> Self {
+        let ns = Netns::new(prefix, "node");
+        let image = ImageRoot::new();
+        let logs = image.path("/tmp");
+
+        // Init container (privileged, host network): the chart's command and args.
+        let init = check(&mut image.container(&ns, &INITIALIZE, DEFAULT_INIT_ARGS, &[]));
+        let (out, err) = (
+            String::from_utf8_lossy(&init.stdout),
+            String::from_utf8_lossy(&init.stderr),
+        );
+        assert!(
+            err.contains("Running command:"),
+            "go-runner's lines on stderr: {err}"
+        );
+        assert!(
+            out.contains("\"initialized\""),
+            "the agent's log reaches the container's stdout (stderr redirected): {out}"
+        );
+        let addrs = check(
+            ns.cmd("ip")
+                .args(["-j", "addr", "show", "dev", "pod-id-link0"]),
+        );
+        let addrs = String::from_utf8_lossy(&addrs.stdout);
+        assert!(addrs.contains("169.254.170.23"), "{addrs}");
+        assert!(addrs.contains("fd00:ec2::23"), "{addrs}");
+
+        // EKS Auth, standing in for the regional endpoint (outside the image).
+        let key = image.path("/tmp/issuer.pem");
+        let ready = image.path("/tmp/emulator.url");
+        let emulator = Running::start(
+            {
+                let mut c = ns.cmd(testkit_bin());
+                c.args(["emulator", "--listen", "127.0.0.1:0", "--key-file"])
+                    .arg(&key)
+                    .arg("--ready-file")
+                    .arg(&ready)
+                    .args([
+                        "--association",
+                        "default/app=arn:aws:iam::111122223333:role/chart",
+                    ]);
+                c
+            },
+            &logs,
+            "emulator",
+        );
+        wait_for("the emulator", Duration::from_secs(30), || ready.exists());
+        let endpoint = std::fs::read_to_string(&ready).unwrap().trim().to_owned();
+        Self {
+            _emulator: emulator,
+            endpoint,
+            key,
+            image,
+            ns,
+        }
+    }
+
+    /// The cloud DaemonSet's server environment. The pod spec's env is
+    /// AWS_REGION, and the kubelet adds `KUBERNETES_SERVICE_*` to every
+    /// container (`api`: the API server's; the chart's pods cannot use it
+    /// without a token). The node's IMDS credentials are played by the
+    /// environment and the regional endpoint by AWS_ENDPOINT_URL_EKS_AUTH,
+    /// so the args stay exactly the chart's.
+    fn cloud_env(&self, api: &[(&'static str, String); 2]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("AWS_REGION", "us-west-2".to_owned()),
+            ("AWS_ENDPOINT_URL_EKS_AUTH", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "AKIDCHARTNODEFAKE001".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "chart".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ];
+        env.extend(api.iter().cloned());
+        env
+    }
+
+    /// EKS Auth calls so far.
+    fn eks_auth_calls(&self) -> u64 {
+        let out = check(self.ns.cmd("curl").args([
+            "-sS",
+            "--max-time",
+            "15",
+            &format!("{}/_emulator/stats", self.endpoint),
+        ]));
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        stats["calls"].as_u64().unwrap_or_else(|| panic!("{stats}"))
+    }
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A value of the agent's metrics (`series`: name and labels as exposed),
+/// 0 when absent.
+fn metric(ns: &Netns, series: &str) -> f64 {
+    let out =
+        check(
+            ns.cmd("curl")
+                .args(["-sS", "--max-time", "15", "http://127.0.0.1:2705/metrics"]),
+        );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The cluster's API server as the node reaches it: on the node namespace's
+/// loopback (a thread moved into it runs it), serving the issuer's discovery
+/// document and keys to the ServiceAccount token it writes, with its CA and
+/// namespace, into `sa_dir` (what the projected volume gives the container).
+struct NodeApiServer {
+    env: [(&'static str, String); 2],
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeApiServer {
+    fn start(ns: &Netns, issuer: Arc<Issuer>, sa_dir: &Path) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let netns = format!("/run/netns/{}", ns.0);
+        let sa_dir = sa_dir.to_owned();
+        let thread = std::thread::spawn(move || {
+            // setns(2) moves only this thread; the runtime below is its own.
+            let file = std::fs::File::open(&netns).expect("netns file");
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let api = FakeApiServer::start(issuer, "chart-serviceaccount-token").await;
+                api.write_service_account(&sa_dir)
+                    .expect("the ServiceAccount volume");
+                ready_tx.send(api.service_env()).expect("the test waits");
+                let _ = stop_rx.await;
+                api.stop().await;
+            });
+        });
+        let env = ready_rx.recv().expect("the API server started");
+        Self {
+            env,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NodeApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn the_charts_containers_run_the_image_unchanged() {
     if !is_root() {
         skip("needs root for network namespaces and chroot");
         return;
     }
-    let ns = Netns::new("pia-chart", "node");
-    let image = ImageRoot::new();
+    let node = ChartNode::start("pia-chart");
+    let (ns, image, endpoint, key) = (&node.ns, &node.image, &node.endpoint, &node.key);
     let logs = image.path("/tmp");
+    let token = mint(key, endpoint);
 
-    // Init container (privileged, host network): the chart's command and args.
-    let init = check(&mut image.container(&ns, &INITIALIZE, DEFAULT_INIT_ARGS, &[]));
-    let (out, err) = (
-        String::from_utf8_lossy(&init.stdout),
-        String::from_utf8_lossy(&init.stderr),
-    );
-    assert!(
-        err.contains("Running command:"),
-        "go-runner's lines on stderr: {err}"
-    );
-    assert!(
-        out.contains("\"initialized\""),
-        "the agent's log reaches the container's stdout (stderr redirected): {out}"
-    );
-    let addrs = check(
-        ns.cmd("ip")
-            .args(["-j", "addr", "show", "dev", "pod-id-link0"]),
-    );
-    let addrs = String::from_utf8_lossy(&addrs.stdout);
-    assert!(addrs.contains("169.254.170.23"), "{addrs}");
-    assert!(addrs.contains("fd00:ec2::23"), "{addrs}");
-
-    // EKS Auth, standing in for the regional endpoint (outside the image).
-    let key = image.path("/tmp/issuer.pem");
-    let ready = image.path("/tmp/emulator.url");
-    let _emulator = Running::start(
-        {
-            let mut c = ns.cmd(testkit_bin());
-            c.args(["emulator", "--listen", "127.0.0.1:0", "--key-file"])
-                .arg(&key)
-                .arg("--ready-file")
-                .arg(&ready)
-                .args([
-                    "--association",
-                    "default/app=arn:aws:iam::111122223333:role/chart",
-                ]);
-            c
-        },
-        &logs,
-        "emulator",
-    );
-    wait_for("the emulator", Duration::from_secs(30), || ready.exists());
-    let endpoint = std::fs::read_to_string(&ready).unwrap().trim().to_owned();
-    let token = mint(&key, &endpoint);
-
-    // The cloud DaemonSet's server container. The pod spec's env is
-    // AWS_REGION; the node's IMDS credentials are played by the environment
-    // and the regional endpoint by AWS_ENDPOINT_URL_EKS_AUTH, so the args stay
-    // exactly the chart's.
-    let cloud_env = [
-        ("AWS_REGION", "us-west-2"),
-        ("AWS_ENDPOINT_URL_EKS_AUTH", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "AKIDCHARTNODEFAKE001"),
-        ("AWS_SECRET_ACCESS_KEY", "chart"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
+    // The cloud DaemonSet's server container, in a pod without a
+    // ServiceAccount token (the chart's automountServiceAccountToken: false):
+    // no local verification, as upstream's agent.
+    let cloud_env = node.cloud_env(&[
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
+        ("KUBERNETES_SERVICE_PORT", "443".to_owned()),
+    ]);
     let server = Running::start(
-        image.container(&ns, &SERVER, DEFAULT_SERVER_ARGS, &cloud_env),
+        image.container(ns, &SERVER, DEFAULT_SERVER_ARGS, &env_refs(&cloud_env)),
         &logs,
         "cloud",
     );
-    let (stdout, stderr) = serve_and_drain(&ns, server, &token);
+    let (stdout, stderr) = serve_and_drain(ns, server, &token);
+    assert!(
+        stdout.contains(r#""jwks_source":"auto","keys":"none""#),
+        "no token mounted: no local verification: {stdout}"
+    );
     assert!(
         stderr.contains("Got signal: terminated. Sending down to process"),
         "{stderr}"
@@ -678,13 +864,113 @@ fn the_charts_containers_run_the_image_unchanged() {
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
     let server = Running::start(
-        image.container(&ns, &SERVER, HYBRID_SERVER_ARGS, &hybrid_env),
+        image.container(ns, &SERVER, HYBRID_SERVER_ARGS, &hybrid_env),
         &logs,
         "hybrid",
     );
-    let (stdout, _) = serve_and_drain(&ns, server, &mint(&key, &endpoint));
+    let (stdout, _) = serve_and_drain(ns, server, &mint(key, endpoint));
     assert!(
         stdout.contains("AKIDCHARTHYBRIDFAKE1"),
         "EKS Auth was called with the file's credentials: {stdout}"
     );
+}
+
+/// `daemonset/examples/chart-values-verify.yaml`: the chart's server
+/// container with the ServiceAccount volume the values add verifies pod
+/// tokens locally with the keys the API server serves: a valid token is
+/// verified, a forged one refused on the node without an EKS Auth call, and
+/// the keys are kept in the cache on the emptyDir.
+#[test]
+fn chart_values_verify_turns_on_local_verification() {
+    if !is_root() {
+        skip("needs root for network namespaces and chroot");
+        return;
+    }
+    let node = ChartNode::start("pia-chartv");
+    let (ns, image) = (&node.ns, &node.image);
+    let logs = image.path("/tmp");
+    // The cluster's issuer: the key the emulator's tokens are signed with,
+    // published by the API server under the issuer they name.
+    let pem = std::fs::read_to_string(&node.key).unwrap();
+    let issuer = Arc::new(Issuer::from_pem(node.endpoint.clone(), &pem).unwrap());
+    // The projected volume (token, ca.crt, namespace) at SA_MOUNT, and the
+    // emptyDir at JWKS_CACHE_MOUNT.
+    let api = NodeApiServer::start(ns, issuer.clone(), &image.path(SA_MOUNT));
+    std::fs::create_dir_all(image.path(JWKS_CACHE_MOUNT)).unwrap();
+    let env = node.cloud_env(&api.env);
+    let server = Running::start(
+        image.container(ns, &SERVER, VERIFY_SERVER_ARGS, &env_refs(&env)),
+        &logs,
+        "verify",
+    );
+
+    let cache = image.path(JWKS_CACHE_MOUNT).join("jwks.json");
+    wait_for(
+        "the API server's keys in the JWKS cache",
+        Duration::from_secs(60),
+        || cache.exists(),
+    );
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", cache.display()));
+    assert_eq!(
+        cached["keys"][0]["kid"].as_str(),
+        issuer.current_kid().as_deref(),
+        "{cached}"
+    );
+    wait_for("the liveness probe", Duration::from_secs(60), || {
+        status(ns, "http://localhost:2703/healthz") == "200"
+    });
+
+    let token = mint(&node.key, &node.endpoint);
+    let creds = credentials(ns, &token);
+    assert!(creds["AccessKeyId"].as_str().is_some(), "{creds}");
+    assert_eq!(
+        metric(
+            ns,
+            r#"pod_identity_token_verifications_total{outcome="verified"}"#
+        ),
+        1.0,
+        "verified locally"
+    );
+    let calls = node.eks_auth_calls();
+
+    // Signed by another key under the cluster key's kid.
+    let forged = Issuer::generate(node.endpoint.clone())
+        .unwrap()
+        .sign_with_header(
+            &json!({"alg": "RS256", "kid": issuer.current_kid()}),
+            &issuer.claims(&TokenSpec::pod("default", "app", "chart-pod")),
+        )
+        .unwrap();
+    let out = check(ns.cmd("curl").args([
+        "-sS",
+        "--max-time",
+        "15",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: {forged}"),
+        "http://169.254.170.23/v1/credentials",
+    ]));
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.ends_with("\n400") && out.contains("token signature is invalid"),
+        "{out}"
+    );
+    assert_eq!(node.eks_auth_calls(), calls, "refused on the node");
+    assert_eq!(
+        metric(
+            ns,
+            r#"pod_identity_token_verifications_total{outcome="signature"}"#
+        ),
+        1.0
+    );
+
+    let (stdout, _) = serve_and_drain(ns, server, &token);
+    assert!(
+        stdout.contains(r#""jwks_source":"auto","keys":"apiserver""#),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&token[..40]), "token not logged");
+    drop(api);
 }

@@ -120,12 +120,8 @@ async fn aws_ca_bundle_is_honoured_by_the_binary() {
     let w = TlsWorld::start().await;
     let url = w.emu.url();
     let ca = w.ca.to_str().unwrap();
-    let agent = BinaryAgent::spawn(
-        &["--endpoint", &url],
-        &binary_env(&[("AWS_CA_BUNDLE", ca)]),
-        std::process::Stdio::null(),
-    )
-    .await;
+    let agent =
+        BinaryAgent::spawn(&["--endpoint", &url], &binary_env(&[("AWS_CA_BUNDLE", ca)])).await;
     let r = agent.creds(&w.token()).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -133,7 +129,6 @@ async fn aws_ca_bundle_is_honoured_by_the_binary() {
     let agent = BinaryAgent::spawn(
         &["--endpoint", &url, "--eks-auth-max-attempts", "1"],
         &binary_env(&[]),
-        std::process::Stdio::null(),
     )
     .await;
     let r = agent.creds(&w.token()).await;
@@ -203,7 +198,6 @@ async fn the_bundle_and_https_proxy_work_together() {
             "1",
         ],
         &binary_env(&[("HTTPS_PROXY", &proxy_url)]),
-        std::process::Stdio::null(),
     )
     .await;
     let r = agent.creds(&w.token()).await;

@@ -30,7 +30,6 @@ async fn run_agent_and_collect(format: &str) {
             ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
             ("AWS_SESSION_TOKEN", "NODE-SESSION-TOKEN-MARKER"),
         ],
-        std::process::Stdio::piped(),
     )
     .await;
     let addr = agent.addr;
@@ -86,11 +85,10 @@ async fn run_agent_and_collect(format: &str) {
     tokens.push("garbage.not.jwt".into());
     assert_eq!(ask("garbage.not.jwt".into()).await.status, 400);
 
-    let mut child = agent.child;
-    child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let mut agent = agent;
+    agent.child.start_kill().unwrap();
+    agent.child.wait().await.unwrap();
+    let logs = agent.log();
 
     assert!(
         logs.contains("fetched credentials from EKS Auth"),

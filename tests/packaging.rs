@@ -5,7 +5,10 @@
 //! exec probes) with the binaries' own parsers (`Cli::try_parse_from`), so a
 //! flag the manifests pass is one the binary accepts, and checks the values
 //! that matter with the CLI's own defaults: ports, the metrics address, the
-//! drain bound against the grace period, the cluster name.
+//! drain bound against the grace period, the cluster name, and the key source:
+//! in a pod with the ServiceAccount token where the manifests mount it, the
+//! server's flags resolve to the API server's keys (`--jwks-source auto` or
+//! `apiserver`), with a JWKS cache.
 //!
 //! Needs python3 with the packages in `tests/requirements.txt`, kubectl and
 //! hadolint. Where they are missing the test is skipped with a message,
@@ -14,10 +17,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
 use pod_identity_agent::cli::{Cli, Command as AgentCommand, ServerArgs};
+use pod_identity_agent::jwks::{KeySource, resolve_source};
 use serde::Deserialize;
 
 /// check.py's exit status for a missing prerequisite.
@@ -45,6 +50,8 @@ struct Rendered {
     daemonset: String,
     container: String,
     grace_seconds: Option<u64>,
+    /// Where this container has the ServiceAccount token volume mounted.
+    sa_mount: Option<String>,
     argv: Vec<String>,
 }
 
@@ -131,6 +138,44 @@ fn server_problems(r: &Rendered, args: &ServerArgs) -> Vec<String> {
         ),
         None => want(false, "no terminationGracePeriodSeconds".into()),
     }
+    // Local verification: the agent looks for the ServiceAccount where the
+    // manifests mount the token, and there, in a pod, its flags pick the
+    // API server's keys.
+    let v = &args.verify;
+    want(
+        r.sa_mount.as_deref().map(Path::new) == Some(v.service_account_dir.as_path()),
+        format!(
+            "the agent looks for the ServiceAccount in {}, the token is mounted at {:?}",
+            v.service_account_dir.display(),
+            r.sa_mount
+        ),
+    );
+    static SCRATCH: AtomicUsize = AtomicUsize::new(0);
+    let sa_dir = std::env::temp_dir().join(format!(
+        "pia-packaging-sa-{}-{}",
+        std::process::id(),
+        SCRATCH.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&sa_dir).expect("scratch ServiceAccount dir");
+    std::fs::write(sa_dir.join("token"), "t").expect("scratch token");
+    let in_pod = |k: &str| match k {
+        "KUBERNETES_SERVICE_HOST" => Some("10.100.0.1".to_owned()),
+        "KUBERNETES_SERVICE_PORT" => Some("443".to_owned()),
+        _ => None,
+    };
+    let resolved = resolve_source(&v.jwks_source, v.kube_api_url.as_deref(), &sa_dir, in_pod);
+    let _ = std::fs::remove_dir_all(&sa_dir);
+    want(
+        matches!(resolved, Ok(Some(KeySource::ApiServer { ref base_url, .. })) if base_url == "https://10.100.0.1:443"),
+        format!(
+            "--jwks-source {:?} in a pod with a ServiceAccount token resolves to {resolved:?}, not the API server",
+            v.jwks_source
+        ),
+    );
+    want(
+        v.jwks_cache_path.is_some(),
+        "no --jwks-cache-path (a restart while the API server is down would not verify)".into(),
+    );
     out
 }
 
@@ -183,8 +228,8 @@ fn packaging_manifests_and_dockerfile() {
     // caught.
     let server = rendered
         .iter()
-        .find(|r| r.argv.get(1).map(String::as_str) == Some("server"))
-        .expect("a server command line")
+        .find(|r| r.render == "base" && r.argv.get(1).map(String::as_str) == Some("server"))
+        .expect("the base's server command line")
         .clone();
     let with = |extra: &[&str]| Rendered {
         argv: server
@@ -207,6 +252,18 @@ fn packaging_manifests_and_dockerfile() {
             with(&["--metrics-address=127.0.0.1"]),
         ),
         ("a hard-coded cluster name", with(&["--cluster-name=prod"])),
+        ("verification off", with(&["--jwks-source=none"])),
+        (
+            "the ServiceAccount looked for elsewhere",
+            with(&["--service-account-dir=/sa"]),
+        ),
+        (
+            "the token not mounted",
+            Rendered {
+                sa_mount: None,
+                ..server.clone()
+            },
+        ),
     ] {
         assert!(!problems(&mutated).is_empty(), "missed {what}");
     }

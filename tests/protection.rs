@@ -173,7 +173,7 @@ async fn the_gate_caps_calls_and_bounds_its_queue() {
     );
     assert_eq!(w.emulator.calls(), 2);
     assert_eq!(agent.metrics.eksauth_queue_depth.get(), 3);
-    assert_eq!(agent.metrics.eksauth_queue_rejected.get(), 2);
+    assert_eq!(agent.metrics.queue_rejected(), 2);
 }
 
 /// One throttling answer lowers the allowed rate for every identity.

@@ -189,7 +189,7 @@ mod probe_handler_test {
     }
 
     async fn probe(targets: Vec<SocketAddr>) -> u16 {
-        Probes::with_deadline(targets, None, Duration::from_secs(3))
+        Probes::with_deadline(targets, None, Default::default(), Duration::from_secs(3))
             .healthy()
             .await
             .as_u16()
@@ -226,6 +226,7 @@ mod probe_handler_test {
         let p = Probes::with_deadline(
             vec![silent.local_addr().unwrap()],
             None,
+            Default::default(),
             Duration::from_millis(300),
         );
         assert_eq!(p.healthy().await.as_u16(), 408);
@@ -255,7 +256,12 @@ mod probe_handler_test {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let p = Probes::with_deadline(vec![closed], None, Duration::from_secs(3));
+        let p = Probes::with_deadline(
+            vec![closed],
+            None,
+            Default::default(),
+            Duration::from_secs(3),
+        );
         assert_eq!(p.healthy().await.as_u16(), 500);
     }
 }

@@ -872,11 +872,13 @@ async fn mutated_tokens_are_never_accepted() {
                 issuer: Some(w.url()),
                 scope: CacheScope::Pod,
                 memo_size: 100_000,
+                memo_bytes: 1 << 28,
                 strict,
                 node_name: None,
                 require_node_claim: false,
             },
             Some(store.clone()),
+            pod_identity_agent::flow::Flows::new(),
             metrics.clone(),
         )
     };
@@ -1097,5 +1099,99 @@ async fn when_the_api_server_refuses_the_keys_tokens_are_forwarded() {
     assert_eq!(
         (r.status, r.body.trim_end()),
         (400, format!("{PREFIX}no signing keys are loaded").as_str())
+    );
+}
+
+/// Nothing is kept for a token that neither the keys nor EKS Auth
+/// confirmed: forged and unverified tokens leave the memo empty; a verified
+/// token is remembered at once, an unverified one once EKS Auth answered.
+#[tokio::test]
+async fn only_confirmed_tokens_are_remembered() {
+    use pod_identity_agent::cli::CacheScope;
+    use pod_identity_agent::https::{HttpsClient, ProxyConfig, Trust};
+    use pod_identity_agent::jwks::{KeySource, KeyStore, KeyStoreConfig};
+    use pod_identity_agent::metrics::Metrics;
+    use pod_identity_agent::verify::{GateConfig, TokenGate};
+
+    let w = World::start().await;
+    let path = tmp("jwks.json");
+    std::fs::write(&path, w.issuer.jwks().to_string()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(KeyStore::new(
+        KeyStoreConfig {
+            source: KeySource::File(path),
+            client: HttpsClient::new(&Trust::system(), ProxyConfig::disabled()),
+            cache_path: None,
+            refetch_interval: Duration::from_secs(3600),
+        },
+        metrics.clone(),
+    ));
+    store.initial_load().await.unwrap();
+    let gate = |keys: Option<Arc<KeyStore>>| {
+        TokenGate::new(
+            GateConfig {
+                audience: "pods.eks.amazonaws.com".into(),
+                leeway_secs: 0,
+                issuer: Some(w.url()),
+                scope: CacheScope::Pod,
+                memo_size: 1000,
+                memo_bytes: 1 << 20,
+                strict: false,
+                node_name: None,
+                require_node_claim: false,
+            },
+            keys,
+            pod_identity_agent::flow::Flows::new(),
+            metrics.clone(),
+        )
+    };
+
+    let verifying = gate(Some(store));
+    let attacker = Issuer::generate(w.url()).unwrap();
+    let mut c = claims(&w);
+    for i in 0..50 {
+        c["jti"] = json!(format!("forged-{i}"));
+        c["padding"] = json!("p".repeat(9000));
+        let forged = attacker
+            .sign_with_header(&json!({"alg":"RS256","kid":kid(&w)}), &c)
+            .unwrap();
+        assert!(
+            verifying
+                .admit(forged.as_bytes(), now_secs())
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(verifying.remembered_size(), (0, 0), "forged: nothing kept");
+    let genuine = w.token("default", "app", "p");
+    assert!(
+        verifying
+            .admit(genuine.as_bytes(), now_secs())
+            .await
+            .unwrap()
+            .verified
+    );
+    assert_eq!(verifying.remembered_size().0, 1, "verified: remembered");
+
+    let keyless = gate(None);
+    let mut admitted = Vec::new();
+    for i in 0..50 {
+        let t = w.token("default", "app", &format!("unverified-{i}"));
+        admitted.push(keyless.admit(t.as_bytes(), now_secs()).await.unwrap());
+    }
+    assert_eq!(
+        keyless.remembered_size(),
+        (0, 0),
+        "unconfirmed: nothing kept"
+    );
+    keyless.confirm(&admitted[0], now_secs());
+    let (n, bytes) = keyless.remembered_size();
+    assert_eq!(n, 1);
+    assert!(bytes > admitted[0].raw.len());
+    assert!(
+        keyless
+            .remembered(admitted[0].raw.as_bytes(), now_secs())
+            .unwrap()
+            .is_some()
     );
 }

@@ -36,6 +36,7 @@ struct Warm {
 }
 
 fn hit(c: &mut Criterion) {
+    let flow = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +107,7 @@ fn hit(c: &mut Criterion) {
                         hash,
                         expires: None,
                     },
+                    flow,
                     SystemClock::default().now_ms(),
                 )
                 .await
@@ -126,6 +128,7 @@ fn hit(c: &mut Criterion) {
                     black_box(&w.key),
                     w.hash,
                     no_token,
+                    flow,
                     SystemClock::default().now_ms(),
                 )
                 .now_or_never()
@@ -145,6 +148,7 @@ fn hit(c: &mut Criterion) {
                     black_box(&w.key),
                     w.hash,
                     no_token,
+                    flow,
                     SystemClock::default().now_ms(),
                 )
                 .now_or_never()

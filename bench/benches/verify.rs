@@ -45,11 +45,13 @@ fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> T
             issuer: Some(ISSUER.into()),
             scope: CacheScope::Pod,
             memo_size,
+            memo_bytes: pod_identity_agent::app::memo_bytes(memo_size),
             strict: false,
             node_name: None,
             require_node_claim: false,
         },
         keys,
+        pod_identity_agent::flow::Flows::new(),
         metrics,
     )
 }
@@ -98,7 +100,7 @@ fn admission(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
                 let admitted = gate
-                    .admit(
+                    .lookup_or_admit(
                         black_box(distinct[i].as_bytes()),
                         testkit::issuer::now_secs(),
                     )
@@ -113,13 +115,13 @@ fn admission(c: &mut Criterion) {
     {
         let gate = gate(Some(store.clone()), 20_000, metrics.clone());
         let token = &distinct[0];
-        gate.admit(token.as_bytes(), testkit::issuer::now_secs())
+        gate.lookup_or_admit(token.as_bytes(), testkit::issuer::now_secs())
             .now_or_never()
             .expect("ready")
             .expect("admitted");
         group.bench_function("verified_cached", |b| {
             b.iter(|| {
-                gate.admit(black_box(token.as_bytes()), testkit::issuer::now_secs())
+                gate.lookup_or_admit(black_box(token.as_bytes()), testkit::issuer::now_secs())
                     .now_or_never()
                     .expect("ready")
                     .expect("admitted")
@@ -132,7 +134,7 @@ fn admission(c: &mut Criterion) {
         group.bench_function("unverified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                gate.admit(
+                gate.lookup_or_admit(
                     black_box(distinct[i].as_bytes()),
                     testkit::issuer::now_secs(),
                 )

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use super::entry::{Entry, backoff, tag};
 use super::{CacheKey, FetchResult, Inner, MIN_REMAINING, Outcome, Subject, TokenRef};
 use crate::eksauth::{Class, EksAuthError, Saturated};
+use crate::logging::Topic;
 
 impl Inner {
     /// One EKS Auth call for `key` (the only one in flight for it), through
@@ -15,10 +16,12 @@ impl Inner {
     /// negative entry, a backoff window, or a stale entry kept in service.
     pub(super) async fn load(&self, key: &CacheKey, token: TokenRef, class: Class) -> FetchResult {
         if let Err(Saturated { queued }) = self.gate.acquire(class).await {
-            warn!(
-                queued,
-                "EKS Auth call queue full; refusing the request until it drains"
-            );
+            if let Some(suppressed) = self.metrics.logs.allow(Topic::QueueFull) {
+                warn!(
+                    queued,
+                    suppressed, "EKS Auth call queue full; refusing the request until it drains"
+                );
+            }
             return Err(Arc::new(EksAuthError::Saturated { queued }));
         }
         let result = self.upstream.assume(&token.raw).await;
@@ -49,17 +52,20 @@ impl Inner {
             Ok(issued) => {
                 let body = issued.credentials.to_body();
                 let expires_ms = issued.credentials.expiration_ms();
-                info!(
-                    cluster = self.upstream.cluster_name(),
-                    namespace = subject.namespace.as_deref(),
-                    serviceaccount = subject.service_account.as_deref(),
-                    pod = subject.pod.as_deref(),
-                    association_id = issued.association_id.as_deref(),
-                    request_id = issued.request_id.as_deref(),
-                    role = %issued.assumed_role_arn,
-                    expires_in_s = expires_ms.saturating_sub(now) / 1000,
-                    "fetched credentials from EKS Auth"
-                );
+                if let Some(suppressed) = self.metrics.logs.allow(Topic::Fetched) {
+                    info!(
+                        cluster = self.upstream.cluster_name(),
+                        namespace = subject.namespace.as_deref(),
+                        serviceaccount = subject.service_account.as_deref(),
+                        pod = subject.pod.as_deref(),
+                        association_id = issued.association_id.as_deref(),
+                        request_id = issued.request_id.as_deref(),
+                        role = %issued.assumed_role_arn,
+                        expires_in_s = expires_ms.saturating_sub(now) / 1000,
+                        suppressed,
+                        "fetched credentials from EKS Auth"
+                    );
+                }
                 if let Some(entries) = &self.entries {
                     let span_ms = (expires_ms.saturating_sub(now))
                         .min(self.config.retention.as_millis() as u64);
@@ -80,7 +86,7 @@ impl Inner {
                         // a credential about to run out when EKS Auth is down
                         // at that moment. A refreshed one must be read again;
                         // a pod that is gone costs at most this one renewal.
-                        read: AtomicBool::new(class == Class::Miss),
+                        read: AtomicBool::new(matches!(class, Class::Miss(_))),
                         failures: AtomicU32::new(0),
                         token_tag: AtomicU64::new(tag(&token.hash)),
                         token: Mutex::new(token),
@@ -111,14 +117,17 @@ impl Inner {
                         let until = now + self.config.negative_ttl.as_millis() as u64;
                         negative.insert(token.hash, (until, err.clone()));
                     }
-                    warn!(
-                        cluster = self.upstream.cluster_name(),
-                        namespace = subject.namespace.as_deref(),
-                        serviceaccount = subject.service_account.as_deref(),
-                        pod = subject.pod.as_deref(),
-                        error = %err,
-                        "EKS Auth refused the pod; evicted"
-                    );
+                    if let Some(suppressed) = self.metrics.logs.allow(Topic::Refused) {
+                        warn!(
+                            cluster = self.upstream.cluster_name(),
+                            namespace = subject.namespace.as_deref(),
+                            serviceaccount = subject.service_account.as_deref(),
+                            pod = subject.pod.as_deref(),
+                            error = %err,
+                            suppressed,
+                            "EKS Auth refused the pod; evicted"
+                        );
+                    }
                     return Err(err);
                 }
                 self.metrics
@@ -135,15 +144,18 @@ impl Inner {
                     let window = err
                         .is_recoverable()
                         .then(|| self.backoffs.failed(key, err.clone(), now));
-                    warn!(
-                        cluster = self.upstream.cluster_name(),
-                        namespace = subject.namespace.as_deref(),
-                        serviceaccount = subject.service_account.as_deref(),
-                        pod = subject.pod.as_deref(),
-                        error = %err,
-                        backoff_ms = window.map(|w| w.as_millis() as u64),
-                        "EKS Auth call failed"
-                    );
+                    if let Some(suppressed) = self.metrics.logs.allow(Topic::CallFailed) {
+                        warn!(
+                            cluster = self.upstream.cluster_name(),
+                            namespace = subject.namespace.as_deref(),
+                            serviceaccount = subject.service_account.as_deref(),
+                            pod = subject.pod.as_deref(),
+                            error = %err,
+                            backoff_ms = window.map(|w| w.as_millis() as u64),
+                            suppressed,
+                            "EKS Auth call failed"
+                        );
+                    }
                     return Err(err);
                 };
                 let failures = stale.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -156,17 +168,20 @@ impl Inner {
                     .renew_at_ms
                     .store(renew_at.max(retry_at.min(cap)), Ordering::Relaxed);
                 self.metrics.stale_served.inc();
-                warn!(
-                    cluster = self.upstream.cluster_name(),
-                    namespace = subject.namespace.as_deref(),
-                    serviceaccount = subject.service_account.as_deref(),
-                    pod = subject.pod.as_deref(),
-                    association_id = stale.association_id.as_deref(),
-                    error = %err,
-                    failures,
-                    retry_in_ms = retry_ms,
-                    "EKS Auth failed recoverably; serving the cached credential"
-                );
+                if let Some(suppressed) = self.metrics.logs.allow(Topic::Stale) {
+                    warn!(
+                        cluster = self.upstream.cluster_name(),
+                        namespace = subject.namespace.as_deref(),
+                        serviceaccount = subject.service_account.as_deref(),
+                        pod = subject.pod.as_deref(),
+                        association_id = stale.association_id.as_deref(),
+                        error = %err,
+                        failures,
+                        retry_in_ms = retry_ms,
+                        suppressed,
+                        "EKS Auth failed recoverably; serving the cached credential"
+                    );
+                }
                 Ok((stale.body.clone(), Outcome::Stale))
             }
         }

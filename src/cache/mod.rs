@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::eksauth::{CallGate, CallGateConfig, Class, EksAuthError, Upstream};
+use crate::flow::Flow;
 use crate::metrics::Metrics;
 use crate::token::TokenHash;
 use backoff::Backoffs;
@@ -134,14 +135,16 @@ impl CredentialCache {
         }
     }
 
-    /// Credentials for `key` at `now_ms`, from the cache or from EKS Auth. `token` is called only on a miss
-    /// or a token rotation, so hits allocate nothing; the miss path is boxed
-    /// to keep the hit path's future small.
+    /// Credentials for `key` at `now_ms`, from the cache or from EKS Auth
+    /// (a call charged to `flow` in the node's call queue). `token` is
+    /// called only on a miss or a token rotation, so hits allocate nothing;
+    /// the miss path is boxed to keep the hit path's future small.
     pub async fn get(
         &self,
         key: &CacheKey,
         hash: TokenHash,
         token: impl FnOnce() -> TokenRef,
+        flow: Flow,
         now_ms: u64,
     ) -> Result<(Bytes, Outcome), FetchError> {
         let inner = &self.inner;
@@ -178,7 +181,7 @@ impl CredentialCache {
             return Err(err);
         }
         inner.metrics.cache_state.with_label_values(&["miss"]).inc();
-        Box::pin(self.fetch_shared(*key, token(), Class::Miss)).await
+        Box::pin(self.fetch_shared(*key, token(), Class::Miss(flow))).await
     }
 
     /// One EKS Auth call per key at a time; everyone asking meanwhile waits

@@ -53,6 +53,9 @@ pub struct KeyStore {
     /// unknown kid (periodic and initial loads do not count, so a key
     /// published just after one is still fetched at once).
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
+    /// When a failed fetch was last warned about: once a minute at most
+    /// (every fetch is counted in `pod_identity_jwks_fetches_total`).
+    warned: std::sync::Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,6 +70,7 @@ impl KeyStore {
             loaded: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(None),
+            warned: std::sync::Mutex::new(None),
             metrics,
         }
     }
@@ -108,7 +112,7 @@ impl KeyStore {
             if !recent {
                 *last = Some(Instant::now());
                 if let Err(err) = self.fetch_and_install().await {
-                    warn!(error = %err, "refetching signing keys for an unknown key id failed");
+                    self.warn_failed(&err, "refetching signing keys for an unknown key id failed");
                 }
             }
         }
@@ -166,6 +170,28 @@ impl KeyStore {
         })
     }
 
+    /// A failed fetch, at most once a minute, with what to do about a
+    /// refusal.
+    fn warn_failed(&self, err: &JwksError, what: &str) {
+        {
+            let mut last = self.warned.lock().expect("warn lock poisoned");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let hint = match err.status() {
+            Some(401) => {
+                "the key source did not accept the agent's ServiceAccount token; tokens are forwarded to EKS Auth unverified"
+            }
+            Some(403) => {
+                "the key source refused the agent's ServiceAccount: bind the ClusterRole system:service-account-issuer-discovery to it (daemonset/base does); tokens are forwarded to EKS Auth unverified"
+            }
+            _ => "tokens whose key is not loaded are forwarded to EKS Auth unverified",
+        };
+        warn!(error = %err, hint, "{what}");
+    }
+
     /// One periodic refresh (tests call it directly instead of waiting).
     pub async fn refresh(&self) {
         if self.fetcher.file_unchanged() {
@@ -173,13 +199,16 @@ impl KeyStore {
         }
         if !self.loaded() {
             if let Err(err) = self.initial_load().await {
-                warn!(error = %err, "signing keys still unavailable");
+                self.warn_failed(&err, "signing keys still unavailable");
             }
             return;
         }
         let _guard = self.fetch_lock.lock().await;
         if let Err(err) = self.fetch_and_install().await {
-            warn!(error = %err, "refreshing signing keys failed; keeping the current ones");
+            self.warn_failed(
+                &err,
+                "refreshing signing keys failed; keeping the current ones",
+            );
         }
     }
 

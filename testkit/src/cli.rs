@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pod_identity_agent::cli::LogArgs;
+use pod_identity_agent::cli::{LogArgs, LogFormat};
 use pod_identity_agent::duration::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -39,8 +39,22 @@ pub struct DemoArgs {
     /// Directory for the demo token file (default: a temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub log: LogArgs,
+    /// Log level of the agent and the emulator: trace, debug, info, warn, error.
+    #[arg(short = 'v', long = "verbosity", default_value = "info")]
+    pub verbosity: String,
+    /// Log format: text for people reading a terminal (the agent's own
+    /// default is json, as upstream's).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl DemoArgs {
+    pub fn log(&self) -> LogArgs {
+        LogArgs {
+            verbosity: self.verbosity.clone(),
+            log_format: self.log_format,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use pod_identity_agent::app::{self, Options, ServerError};
 use pod_identity_agent::cli::loopback_server;
+use pod_identity_agent::instance::Phase;
 
 use crate::cli::DemoArgs;
 use crate::emulator::{Association, Emulator, RunningEmulator};
@@ -64,12 +65,7 @@ pub async fn run(
         &emu_url,
         args.port,
         "127.0.0.1,localhost,169.254.170.23,fd00:ec2::23",
-        &[
-            "--jwks-source",
-            &emu_url,
-            "--verbosity",
-            &args.log.verbosity,
-        ],
+        &["--jwks-source", &emu_url, "--verbosity", &args.verbosity],
     )?;
     let mut opts = Options::new(server_args.clone());
     opts.credentials = Some(SharedCredentialsProvider::new(Credentials::new(
@@ -100,13 +96,23 @@ pub async fn run(
         source,
     })?;
 
+    let instance = built.instance.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(app::run(built, listeners, async {
         let _ = stop_rx.await;
     }));
+    // The agent's start-up lines first, then the self-check's, then the
+    // instructions: the last thing on the screen is what to do next.
+    while instance.phase() == Phase::Starting {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     let url = format!("http://{agent_addr}/v1/credentials");
     let check = self_check(&url, &token).await;
+    // Log lines go to stderr, the instructions to stdout: let the terminal
+    // have the former before the latter.
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    println!();
     println!("EKS Pod Identity Agent demo (no AWS account involved)");
     println!("  agent:     {url}");
     println!("  emulator:  {emu_url} (EKS Auth + token issuer, cluster {DEMO_CLUSTER})");

@@ -14,7 +14,7 @@ use testkit::{demo, emulator};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = match &cli.command {
-        Command::Demo(a) => a.log.clone(),
+        Command::Demo(a) => a.log(),
         Command::Emulator(a) => a.log.clone(),
         Command::MintToken(_) => LogArgs {
             verbosity: "warn".into(),

@@ -377,18 +377,22 @@ pub async fn wait_listening(addr: SocketAddr) {
     panic!("{addr} never listened");
 }
 
-/// The built binary running `server` on 127.0.0.1 (free ports), with only
-/// the environment given (plus `AWS_EC2_METADATA_DISABLED`).
+/// The built binary running `server` on 127.0.0.1, with only the
+/// environment given (plus `AWS_EC2_METADATA_DISABLED`). It binds port 0
+/// (ports picked in advance could be taken meanwhile, and a listener that
+/// shares its port with `SO_REUSEPORT` would not notice) and the address is
+/// read from its log, which goes to a file ([`BinaryAgent::log`]).
 pub struct BinaryAgent {
     pub addr: SocketAddr,
     pub child: tokio::process::Child,
+    log: std::path::PathBuf,
+    _dir: netns::TempDir,
 }
 
 impl BinaryAgent {
-    pub async fn spawn(extra: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> Self {
-        let port = free_port();
-        let (probe, metrics) = (free_port().to_string(), free_port().to_string());
-        let port_s = port.to_string();
+    pub async fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = netns::TempDir::new("pia-binary");
+        let log = dir.0.join("agent.log");
         let mut cmd = tokio::process::Command::new(bin());
         cmd.args([
             "server",
@@ -397,13 +401,13 @@ impl BinaryAgent {
             "-b",
             "127.0.0.1",
             "-p",
-            &port_s,
+            "0",
             "--probe-port",
-            &probe,
+            "0",
             "--metrics-address",
             "127.0.0.1",
             "--metrics-port",
-            &metrics,
+            "0",
             "--allowed-hosts",
             "169.254.170.23",
         ])
@@ -412,12 +416,46 @@ impl BinaryAgent {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(stderr)
+        .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true);
         let child = cmd.spawn().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut addr = None;
+        for _ in 0..600 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            addr = text
+                .lines()
+                .filter(|l| l.contains("listening for credential requests"))
+                .find_map(|l| {
+                    let at = l.find("127.0.0.1:")?;
+                    let port: String = l[at + 10..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    format!("127.0.0.1:{port}").parse::<SocketAddr>().ok()
+                });
+            if addr.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let addr = addr.unwrap_or_else(|| {
+            panic!(
+                "the agent never said where it listens:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
         wait_listening(addr).await;
-        Self { addr, child }
+        Self {
+            addr,
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What the agent wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub async fn creds(&self, token: &str) -> Resp {

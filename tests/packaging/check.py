@@ -7,13 +7,16 @@ daemonset/examples/helm-values, validates every object against the Kubernetes
 OpenAPI schemas shipped with kubernetes-validate (offline, strict; the
 Prometheus Operator objects, which have none, are checked field by field), checks the invariants the agent depends on (privileges,
 scheduling, surge rollouts without host ports, per-instance exec probes,
-shutdown timing, RBAC), and lints the Dockerfile with hadolint. With
+shutdown timing, local token verification: the ServiceAccount token mounted
+into the agent container only, the issuer discovery RBAC, the JWKS cache on
+an emptyDir), and lints the Dockerfile with hadolint. With
 CONTAINERS_JSON=<file> it also writes every rendered command line (containers
 and exec probes) there: tests/packaging.rs parses each with the agent's and
 the init binary's own command-line parsers and checks ports, the metrics
-address and the drain bound with the CLI's defaults. Then it mutates the
-rendered manifests (drops `privileged: true`, adds a capability, ...) and
-requires each mutation to be caught, so the checks cannot silently go blind.
+address, the drain bound and the key source with the CLI's defaults. Then it
+mutates the rendered manifests (drops `privileged: true`, adds a capability,
+mounts the token into the init container, ...) and requires each mutation to
+be caught, so the checks cannot silently go blind.
 
 Exit status: 0 all checks passed, 1 some failed (listed at the end),
 77 a prerequisite is missing (python packages from tests/requirements.txt,
@@ -213,11 +216,14 @@ def is_zero(v) -> bool:
 
 def command_lines(out: list[dict], render_name: str, docs: list[dict]) -> None:
     """Every command line of every DaemonSet of a render, with the grace
-    period, for tests/packaging.rs to parse with the binaries' own CLIs."""
+    period and where the container has the ServiceAccount token mounted, for
+    tests/packaging.rs to parse with the binaries' own CLIs."""
     for ds in kinds(docs, "DaemonSet"):
         ps = pod_spec(ds)
+        tokens = token_volumes(ps)
         for kind in ("initContainers", "containers"):
             for c in ps.get(kind) or []:
+                sa_mounts = [m.get("mountPath") for m in c.get("volumeMounts") or [] if m.get("name") in tokens]
                 lines = [container_argv(c)]
                 for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                     cmd = ((c.get(probe) or {}).get("exec") or {}).get("command")
@@ -230,6 +236,7 @@ def command_lines(out: list[dict], render_name: str, docs: list[dict]) -> None:
                             "daemonset": ds["metadata"]["name"],
                             "container": c.get("name"),
                             "grace_seconds": ps.get("terminationGracePeriodSeconds"),
+                            "sa_mount": sa_mounts[0] if len(sa_mounts) == 1 else None,
                             "argv": argv,
                         }
                     )
@@ -453,52 +460,150 @@ def check_daemonset(r: Report, where: str, ds: dict, docs: list[dict]) -> None:
     else:
         r.check("--rotate-credentials" not in names, f"{at}: --rotate-credentials only belongs on hybrid nodes")
 
-    # Local token verification against the API server's keys.
-    if "--jwks-source" in names:
-        src = values.get("--jwks-source")
-        r.check(src == "apiserver", f"{at}: --jwks-source must be apiserver in these manifests, is {src!r}")
-        sa = ps.get("serviceAccountName")
-        r.check(
-            ps.get("automountServiceAccountToken") is True,
-            f"{at}: --jwks-source apiserver needs automountServiceAccountToken: true",
-        )
-        sas = {
-            d["metadata"]["name"] for d in kinds(docs, "ServiceAccount") if d["metadata"].get("namespace") == NAMESPACE
-        }
-        r.check(sa in sas, f"{at}: serviceAccountName {sa!r} must be a ServiceAccount rendered in {NAMESPACE}")
-        bound = any(
-            (b.get("roleRef") or {}).get("kind") == "ClusterRole"
-            and (b.get("roleRef") or {}).get("name") == ISSUER_DISCOVERY_ROLE
-            and any(
-                s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == NAMESPACE
-                for s in b.get("subjects") or []
-            )
-            for b in kinds(docs, "ClusterRoleBinding")
-        )
-        r.check(
-            bound,
-            f"{at}: a ClusterRoleBinding must grant ClusterRole {ISSUER_DISCOVERY_ROLE} to ServiceAccount {NAMESPACE}/{sa}",
-        )
-        cache = values.get("--jwks-cache-path")
-        if r.check(bool(cache), f"{at}: --jwks-source apiserver needs --jwks-cache-path (last-known-good keys)"):
-            ok = False
-            for n, m in mounts.items():
-                mp = (m.get("mountPath") or "").rstrip("/") + "/"
-                if str(cache).startswith(mp) and "emptyDir" in (vols.get(n) or {}) and not m.get("readOnly"):
-                    ok = True
-            r.check(
-                ok,
-                f"{at}: --jwks-cache-path {cache} must be on a writable emptyDir mount (the root filesystem is read-only)",
-            )
-    else:
-        r.check(
-            ps.get("automountServiceAccountToken") is False,
-            f"{at}: automountServiceAccountToken must be false without --jwks-source apiserver",
-        )
+    check_verification(r, at, ps, c, docs)
 
     # Every mount has a volume.
     for n in mounts:
         r.check(n in vols, f"{at}: volumeMount {n} has no volume")
+
+
+# Where the agent looks for the ServiceAccount (--service-account-dir's
+# default) and where the kubelet would mount it.
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Signing keys: the agent's default --jwks-source auto (the API server's keys
+# when it finds the ServiceAccount token), or apiserver pinned.
+JWKS_SOURCES = ("auto", "apiserver")
+
+
+def token_volumes(ps: dict) -> set[str]:
+    """Volumes of a pod spec that carry a ServiceAccount token."""
+    return {
+        v.get("name")
+        for v in ps.get("volumes") or []
+        if any("serviceAccountToken" in s for s in ((v.get("projected") or {}).get("sources") or []))
+    }
+
+
+def check_verification(r: Report, at: str, ps: dict, c: dict, docs: list[dict] | None) -> None:
+    """Local token verification with the API server's keys (--jwks-source
+    auto) in pod spec `ps` whose server container is `c`: the agent
+    container, and only it, has the ServiceAccount token, the cluster CA and
+    the namespace at the standard path, as the kubelet would mount them; the
+    ServiceAccount may read the issuer discovery documents (a binding among
+    `docs`; None: the namespace's default ServiceAccount, relying on the
+    bootstrap binding, as with upstream's chart); the last-known-good keys
+    live on a writable emptyDir."""
+    argv = container_argv(c)
+    names, values = used_flags(argv[argv.index("server") + 1 :] if "server" in argv else [])
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+
+    if "--jwks-source" in names:
+        src = values.get("--jwks-source")
+        r.check(src in JWKS_SOURCES, f"{at}: --jwks-source must be one of {JWKS_SOURCES} (or unset: auto), is {src!r}")
+    for flag in ("--kube-api-url", "--token-issuer", "--jwks-ca-file"):
+        r.check(flag not in names, f"{at}: {flag} set: the API server's address, issuer and CA come from the pod")
+    sa_dir = values.get("--service-account-dir", SA_DIR)
+    r.check(sa_dir == SA_DIR, f"{at}: --service-account-dir {sa_dir!r} must be {SA_DIR} (the mount below)")
+
+    # No token for every container: the privileged init container gets none.
+    r.check(
+        ps.get("automountServiceAccountToken") is False,
+        f"{at}: automountServiceAccountToken must be false (only the agent container mounts the token)",
+    )
+    tokens = token_volumes(ps)
+    for kind in ("initContainers", "containers"):
+        for cc in ps.get(kind) or []:
+            if cc is c:
+                continue
+            for m in cc.get("volumeMounts") or []:
+                r.check(
+                    m.get("name") not in tokens and not (m.get("mountPath") or "").startswith("/var/run/secrets"),
+                    f"{at}: container {cc.get('name')} mounts {m.get('name')} at {m.get('mountPath')}: "
+                    "only the agent container may have the ServiceAccount token",
+                )
+    at_sa = [(n, m) for n, m in mounts.items() if (m.get("mountPath") or "").rstrip("/") == SA_DIR]
+    if r.check(len(at_sa) == 1, f"{at}: the agent container must mount the ServiceAccount at {SA_DIR}"):
+        n, m = at_sa[0]
+        r.check(m.get("readOnly") is True, f"{at}: the ServiceAccount mount {n} must be readOnly")
+        r.check(not m.get("subPath"), f"{at}: the ServiceAccount mount {n} must not use subPath (no token renewal)")
+        sources = ((vols.get(n) or {}).get("projected") or {}).get("sources") or []
+        sat = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+        cms = [s["configMap"] for s in sources if "configMap" in s]
+        dapi = [s["downwardAPI"] for s in sources if "downwardAPI" in s]
+        r.check(
+            len(sources) == 3 and len(sat) == 1 and len(cms) == 1 and len(dapi) == 1,
+            f"{at}: volume {n} must be projected from a serviceAccountToken, a configMap and the downwardAPI, is {vols.get(n)}",
+        )
+        for t in sat:
+            exp = t.get("expirationSeconds")
+            r.check(t.get("path") == "token", f"{at}: volume {n}: the token must be at path token")
+            # The API server accepts its own audience only: a token for
+            # another one (sts.amazonaws.com) is refused (401).
+            r.check(not t.get("audience"), f"{at}: volume {n}: the token must be for the API server (no audience)")
+            r.check(
+                isinstance(exp, int) and 600 <= exp <= 7200,
+                f"{at}: volume {n}: token expirationSeconds {exp!r} must be set, 600 to 7200 (the kubelet's 3607)",
+            )
+        for cm in cms:
+            r.check(
+                cm.get("name") == "kube-root-ca.crt"
+                and {"key": "ca.crt", "path": "ca.crt"} in (cm.get("items") or [])
+                and not cm.get("optional"),
+                f"{at}: volume {n}: ca.crt must come from ConfigMap kube-root-ca.crt (the API server's CA), is {cm}",
+            )
+        for d in dapi:
+            r.check(
+                any(
+                    i.get("path") == "namespace" and (i.get("fieldRef") or {}).get("fieldPath") == "metadata.namespace"
+                    for i in d.get("items") or []
+                ),
+                f"{at}: volume {n}: namespace must come from metadata.namespace",
+            )
+
+    if docs is not None:
+        check_service_account(r, at, ps, docs)
+    check_jwks_cache(r, at, ps, c, values.get("--jwks-cache-path"))
+
+
+def check_service_account(r: Report, at: str, ps: dict, docs: list[dict]) -> None:
+    """The ServiceAccount the token is for, rendered and allowed to read the keys."""
+    sa = ps.get("serviceAccountName")
+    sas = {d["metadata"]["name"] for d in kinds(docs, "ServiceAccount") if d["metadata"].get("namespace") == NAMESPACE}
+    r.check(
+        bool(sa) and sa in sas,
+        f"{at}: serviceAccountName {sa!r} must be a ServiceAccount rendered in {NAMESPACE} (not the namespace's default)",
+    )
+    bound = any(
+        (b.get("roleRef") or {}).get("kind") == "ClusterRole"
+        and (b.get("roleRef") or {}).get("name") == ISSUER_DISCOVERY_ROLE
+        and any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == NAMESPACE
+            for s in b.get("subjects") or []
+        )
+        for b in kinds(docs, "ClusterRoleBinding")
+    )
+    r.check(
+        bound,
+        f"{at}: a ClusterRoleBinding must grant ClusterRole {ISSUER_DISCOVERY_ROLE} to ServiceAccount {NAMESPACE}/{sa}",
+    )
+
+
+def check_jwks_cache(r: Report, at: str, ps: dict, c: dict, cache: str | None) -> None:
+    """Last-known-good keys, for a restart while the API server is down."""
+    mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+    if r.check(bool(cache), f"{at}: the server needs --jwks-cache-path (last-known-good keys)"):
+        ok = any(
+            str(cache).startswith((m.get("mountPath") or "").rstrip("/") + "/")
+            and "emptyDir" in (vols.get(n) or {})
+            and not m.get("readOnly")
+            for n, m in mounts.items()
+        )
+        r.check(
+            ok,
+            f"{at}: --jwks-cache-path {cache} must be on a writable emptyDir mount (the root filesystem is read-only)",
+        )
 
 
 def check_render(r: Report, where: str, docs: list[dict]) -> None:
@@ -519,6 +624,25 @@ def check_render(r: Report, where: str, docs: list[dict]) -> None:
             )
     names = [(d.get("kind"), d.get("metadata", {}).get("namespace"), d.get("metadata", {}).get("name")) for d in docs]
     r.check(len(names) == len(set(names)), f"{where}: duplicate objects")
+    # RBAC: a ServiceAccount per DaemonSet (check_verification), each bound
+    # to the issuer discovery role, and nothing else.
+    used = {pod_spec(ds).get("serviceAccountName") for ds in dss}
+    sas = {d["metadata"]["name"] for d in kinds(docs, "ServiceAccount")}
+    r.check(sas <= used, f"{where}: ServiceAccounts {sorted(sas - used)} used by no DaemonSet")
+    for b in kinds(docs, "ClusterRoleBinding"):
+        subjects = [(s.get("kind"), s.get("namespace"), s.get("name")) for s in b.get("subjects") or []]
+        r.check(
+            (b.get("roleRef") or {}).get("name") == ISSUER_DISCOVERY_ROLE
+            and len(subjects) == 1
+            and subjects[0][:2] == ("ServiceAccount", NAMESPACE)
+            and subjects[0][2] in sas,
+            f"{where}: ClusterRoleBinding {b['metadata']['name']} must bind {ISSUER_DISCOVERY_ROLE} to one "
+            f"of the agent's ServiceAccounts, binds {(b.get('roleRef') or {}).get('name')} to {subjects}",
+        )
+    r.check(
+        {d.get("kind") for d in docs if "rbac.authorization.k8s.io/" in str(d.get("apiVersion"))} <= {"ClusterRoleBinding"},
+        f"{where}: RBAC objects other than the issuer discovery ClusterRoleBinding",
+    )
 
 
 def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
@@ -529,7 +653,9 @@ def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
     )
     hybrid = [n for n, d in dss.items() if is_hybrid_ds(d)]
     jwks = [
-        n for n, d in dss.items() if "--jwks-source" in used_flags(container_argv(server_container(d) or {})[2:])[0]
+        n
+        for n, d in dss.items()
+        if used_flags(container_argv(server_container(d) or {})[2:])[1].get("--jwks-source") == "apiserver"
     ]
     want_hybrid = "hybrid" in variant
     want_jwks = "apiserver-jwks" in variant
@@ -543,17 +669,10 @@ def check_variant(r: Report, variant: str, docs: list[dict]) -> None:
         )
     else:
         r.check(len(dss) == 1, f"{at}: expected one DaemonSet, got {sorted(dss)}")
+    # Verification is the default (auto); apiserver-jwks pins the source.
     r.check(
         sorted(jwks) == (sorted(dss) if want_jwks else []),
-        f"{at}: --jwks-source apiserver expected on {'every' if want_jwks else 'no'} DaemonSet, found on {jwks}",
-    )
-    r.check(
-        bool(kinds(docs, "ServiceAccount")) == want_jwks,
-        f"{at}: ServiceAccount {'missing' if want_jwks else 'unexpected'}",
-    )
-    r.check(
-        bool(kinds(docs, "ClusterRoleBinding")) == want_jwks,
-        f"{at}: ClusterRoleBinding {'missing' if want_jwks else 'unexpected'}",
+        f"{at}: --jwks-source=apiserver expected on {'every' if want_jwks else 'no'} DaemonSet, found on {jwks}",
     )
 
 
@@ -680,10 +799,157 @@ def check_helm_values_example(r: Report, docs: list[dict]) -> None:
         f"{at}: readinessEndpoint: the exec probe stays",
     )
     r.check(not ps.get("initContainers"), f"{at}: init.create false: no init container")
+    # The example is the base plus patches: verification stays as it is.
+    check_verification(r, at, ps, c, docs)
     images = {x.get("image") for x in ps.get("containers") or []}
     r.check(
         images == {"registry.example.com/platform/eks-pod-identity-agent:1.0.0"}, f"{at}: image override, got {images}"
     )
+
+
+# --------------------------------------------------------------------------
+# daemonset/examples/chart-values-verify.yaml: values for upstream's Helm
+# chart (aws/eks-pod-identity-agent v0.1.37, charts/eks-pod-identity-agent).
+# The chart is another project's code and stays out of this repository, so
+# its rendering of the parts these values touch is modelled here from its
+# template (as tests/helm_chart.rs describes it). The model was checked once
+# against a real render of v0.1.37 with this file by Helm's own template
+# engine (Helm SDK 4.2.3, through PyPI's helm-python-sdk 0.2.2; not used in
+# CI): identical server commands, args, mounts and volumes for the three
+# DaemonSets, also with an ISO region; no serviceAccountName, automount off,
+# no init container mounts.
+# - each DaemonSet's pod has automountServiceAccountToken: false and no
+#   serviceAccountName (the namespace's default ServiceAccount);
+# - the init container mounts nothing;
+# - the server's volumeMounts are `daemonsets.<name>.volumeMounts`, the pod's
+#   volumes `daemonsets.<name>.volumes` (after the ca-bundle ones in ISO
+#   regions), both verbatim;
+# - server args: --port 80 --cluster-name <clusterName> --probe-port <probePort>,
+#   then `agent.additionalArgs` and the DaemonSet's `additionalArgs` as key,
+#   value pairs, each map in key order;
+# - Helm merges maps with the chart's defaults and replaces lists.
+
+CHART_VALUES = DAEMONSET_DIR / "examples" / "chart-values-verify.yaml"
+# The chart's defaults these values meet (its values.yaml).
+CHART_DEFAULTS = {
+    "agent.additionalArgs": {"-v": "trace"},
+    "probePort": 2703,
+    "daemonsets": {
+        "cloud": {},
+        "hybrid": {"nameSuffix": "hybrid", "additionalArgs": {"--rotate-credentials": "true"}},
+        "hybrid-bottlerocket": {
+            "nameSuffix": "hybrid-bottlerocket",
+            "additionalArgs": {"--rotate-credentials": "true"},
+        },
+    },
+}
+# What `helm template --set clusterName=my-cluster -f chart-values-verify.yaml`
+# renders as the server's args (hybrid ones add --rotate-credentials true);
+# tests/helm_chart.rs runs exactly these (VERIFY_SERVER_ARGS).
+CHART_VERIFY_SERVER_ARGS = [
+    "--port",
+    "80",
+    "--cluster-name",
+    "my-cluster",
+    "--probe-port",
+    "2703",
+    "--jwks-cache-path",
+    "/var/lib/eks-pod-identity-agent/jwks.json",
+    "-v",
+    "trace",
+]
+# The chart's hybrid credentials, which the values must keep (lists are replaced).
+CHART_HYBRID_CREDENTIALS = {"hybrid": "/eks-hybrid/.aws", "hybrid-bottlerocket": "/var/eks-hybrid/.aws"}
+
+
+def chart_daemonsets(values: dict, cluster_name: str = "my-cluster") -> dict[str, dict]:
+    """The DaemonSets upstream's chart renders with `values` (the parts
+    modelled above), by daemonsets key."""
+    agent_args = dict(CHART_DEFAULTS["agent.additionalArgs"])
+    agent_args.update((values.get("agent") or {}).get("additionalArgs") or {})
+    out = {}
+    for key, defaults in CHART_DEFAULTS["daemonsets"].items():
+        mine = ((values.get("daemonsets") or {}).get(key)) or {}
+        ds_args = dict(defaults.get("additionalArgs") or {})
+        ds_args.update(mine.get("additionalArgs") or {})
+        args = ["--port", "80", "--cluster-name", cluster_name, "--probe-port", str(CHART_DEFAULTS["probePort"])]
+        for m in (agent_args, ds_args):
+            for k in sorted(m):
+                args += [str(k), str(m[k])]
+        name = "eks-pod-identity-agent" + (f"-{defaults['nameSuffix']}" if defaults.get("nameSuffix") else "")
+        labels = {"app.kubernetes.io/name": "eks-pod-identity-agent", "app.kubernetes.io/instance": name}
+        server = {
+            "name": "eks-pod-identity-agent",
+            "image": "registry.example.com/eks-pod-identity-agent:0.1.0",
+            "command": ["/go-runner", AGENT_BIN, "server"],
+            "args": args,
+        }
+        if mine.get("volumeMounts"):
+            server["volumeMounts"] = copy.deepcopy(mine["volumeMounts"])
+        ps = {
+            "automountServiceAccountToken": False,
+            "hostNetwork": True,
+            "initContainers": [
+                {
+                    "name": "eks-pod-identity-agent-init",
+                    "image": server["image"],
+                    "command": ["/go-runner", AGENT_BIN, "initialize"],
+                    "securityContext": {"privileged": True},
+                }
+            ],
+            "containers": [server],
+        }
+        if mine.get("volumes"):
+            ps["volumes"] = copy.deepcopy(mine["volumes"])
+        out[key] = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": ps}},
+        }
+    return out
+
+
+def check_chart_values(r: Report, values: dict, versions: list[str]) -> None:
+    """The values turn verification on in every DaemonSet of upstream's
+    chart, as in our manifests, keep the hybrid credentials, and render
+    valid objects."""
+    at = "[examples/chart-values-verify]"
+    for key, ds in chart_daemonsets(values).items():
+        where = f"{at} daemonsets.{key}"
+        validate_schemas(r, where, [ds], versions)
+        ps = pod_spec(ds)
+        c = ps["containers"][0]
+        check_verification(r, where, ps, c, None)
+        args = CHART_VERIFY_SERVER_ARGS + (["--rotate-credentials", "true"] if key in CHART_HYBRID_CREDENTIALS else [])
+        r.check(c["args"] == args, f"{where}: the server's args would be {c['args']}, not {args} (tests/helm_chart.rs)")
+        mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
+        vols = {v.get("name"): v for v in ps.get("volumes") or []}
+        r.check(
+            len(mounts) == len(c.get("volumeMounts") or []) and len(vols) == len(ps.get("volumes") or []),
+            f"{where}: volume or mount names repeated",
+        )
+        for n in mounts:
+            r.check(n in vols, f"{where}: volumeMount {n} has no volume")
+        host = CHART_HYBRID_CREDENTIALS.get(key)
+        if host:
+            r.check(
+                any(
+                    m.get("mountPath") == "/root/.aws"
+                    and m.get("readOnly") is True
+                    and ((vols.get(n) or {}).get("hostPath") or {}).get("path") == host
+                    for n, m in mounts.items()
+                ),
+                f"{where}: the chart's credentials mount (hostPath {host} at /root/.aws) is lost: Helm replaces lists",
+            )
+
+
+def load_chart_values(r: Report) -> dict | None:
+    import yaml
+
+    if not r.check(CHART_VALUES.is_file(), f"{CHART_VALUES.relative_to(ROOT)} missing"):
+        return None
+    return yaml.safe_load(CHART_VALUES.read_text())
 
 
 # --------------------------------------------------------------------------
@@ -737,7 +1003,7 @@ def schema_versions() -> list[str]:
 
 
 def combined_overlay(tmp: Path) -> Path:
-    """hybrid + apiserver-jwks, as DEPLOY.md tells users to combine them."""
+    """hybrid + apiserver-jwks, as the README tells users to combine them."""
     d = tmp / "hybrid-apiserver-jwks"
     d.mkdir()
 
@@ -888,6 +1154,37 @@ def _set_arg(c, flag, value):
     )
 
 
+def _token_mount(c):
+    return next(m for m in c["volumeMounts"] if m["mountPath"] == SA_DIR)
+
+
+def _token_sources(ds):
+    name = _token_mount(server_container(ds))["name"]
+    return next(v for v in pod_spec(ds)["volumes"] if v["name"] == name)["projected"]["sources"]
+
+
+def _drop_source(ds, kind):
+    srcs = _token_sources(ds)
+    srcs.remove(next(x for x in srcs if kind in x))
+
+
+def _drop_kind(docs, kind, name_contains=""):
+    docs.remove(next(d for d in kinds(docs, kind) if name_contains in d["metadata"]["name"]))
+
+
+def _drop_mount(c, name):
+    kept = [m for m in c["volumeMounts"] if m["name"] != name]
+    if len(kept) == len(c["volumeMounts"]):
+        raise LookupError(f"no mount {name}")
+    c["volumeMounts"] = kept
+
+
+def _mount_token_in_init(docs):
+    init = _init(docs)
+    init.setdefault("volumeMounts", []).append(
+        {"name": _token_mount(_srv(docs))["name"], "mountPath": SA_DIR, "readOnly": True}
+    )
+
 MUTATIONS = {
     "base": [
         ("init container not privileged", lambda d: _init(d)["securityContext"].pop("privileged")),
@@ -926,6 +1223,57 @@ MUTATIONS = {
         ),
         ("no surge", lambda d: _ds(d)["spec"]["updateStrategy"]["rollingUpdate"].pop("maxSurge")),
         ("token automounted", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=True)),
+        ("automount left to the ServiceAccount", lambda d: pod_spec(_ds(d)).pop("automountServiceAccountToken")),
+        ("token mounted in the init container", _mount_token_in_init),
+        ("token not mounted", lambda d: _drop_mount(_srv(d), _token_mount(_srv(d))["name"])),
+        ("token at another path", lambda d: _token_mount(_srv(d)).update(mountPath="/var/run/secrets/agent")),
+        ("token mount writable", lambda d: _token_mount(_srv(d)).update(readOnly=False)),
+        ("token without ca.crt", lambda d: _drop_source(_ds(d), "configMap")),
+        ("token without namespace", lambda d: _drop_source(_ds(d), "downwardAPI")),
+        (
+            "token for another audience",
+            lambda d: next(x for x in _token_sources(_ds(d)) if "serviceAccountToken" in x)[
+                "serviceAccountToken"
+            ].update(audience="sts.amazonaws.com"),
+        ),
+        (
+            "token never expiring",
+            lambda d: next(x for x in _token_sources(_ds(d)) if "serviceAccountToken" in x)[
+                "serviceAccountToken"
+            ].pop("expirationSeconds"),
+        ),
+        (
+            "CA from another ConfigMap",
+            lambda d: next(x for x in _token_sources(_ds(d)) if "configMap" in x)["configMap"].update(name="aws-auth"),
+        ),
+        ("service account dir elsewhere", lambda d: _set_arg(_srv(d), "--service-account-dir", "/sa")),
+        ("default ServiceAccount", lambda d: pod_spec(_ds(d)).pop("serviceAccountName")),
+        ("ServiceAccount missing", lambda d: _drop_kind(d, "ServiceAccount")),
+        ("binding missing", lambda d: _drop_kind(d, "ClusterRoleBinding")),
+        ("binding to another role", lambda d: kinds(d, "ClusterRoleBinding")[0]["roleRef"].update(name="view")),
+        (
+            "binding to another account",
+            lambda d: kinds(d, "ClusterRoleBinding")[0]["subjects"][0].update(name="default"),
+        ),
+        (
+            "a broader role besides",
+            lambda d: d.append(
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": "eks-pod-identity-agent"},
+                    "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+                }
+            ),
+        ),
+        ("verification turned off", lambda d: _set_arg(_srv(d), "--jwks-source", "none")),
+        ("jwks cache dropped", lambda d: _set_arg(_srv(d), "--jwks-cache-path", None)),
+        ("jwks cache on the read-only root", lambda d: _set_arg(_srv(d), "--jwks-cache-path", "/jwks.json")),
+        (
+            "jwks cache in the token volume",
+            lambda d: _set_arg(_srv(d), "--jwks-cache-path", SA_DIR + "/jwks.json"),
+        ),
+        ("jwks cache volume not mounted", lambda d: _drop_mount(_srv(d), "jwks-cache")),
         (
             "scrape annotation removed",
             lambda d: _ds(d)["spec"]["template"]["metadata"]["annotations"].pop("prometheus.io/scrape"),
@@ -939,6 +1287,17 @@ MUTATIONS = {
         ),
         ("hybrid credentials not mounted", lambda d: _srv(d, True).pop("volumeMounts")),
         ("hybrid DaemonSet lost", lambda d: d.remove(_ds(d, True))),
+        ("hybrid without the token", lambda d: _drop_mount(_srv(d, True), _token_mount(_srv(d, True))["name"])),
+        (
+            "Bottlerocket's ServiceAccount not bound",
+            lambda d: _drop_kind(d, "ClusterRoleBinding", "-hybrid-bottlerocket"),
+        ),
+        (
+            "hybrid token in the init container",
+            lambda d: pod_spec(_ds(d, True))["initContainers"][0].update(
+                volumeMounts=[{"name": _token_mount(_srv(d, True))["name"], "mountPath": SA_DIR}]
+            ),
+        ),
         ("hybrid may land on Bottlerocket", lambda d: node_terms(_hybrid(d, False))[0]["matchExpressions"].pop()),
         ("Bottlerocket without spc_t", lambda d: _srv_of(_hybrid(d, True))["securityContext"].pop("seLinuxOptions")),
         (
@@ -949,13 +1308,18 @@ MUTATIONS = {
         ),
     ],
     "ipv4-only": [
+        ("token not mounted", lambda d: _drop_mount(_srv(d), _token_mount(_srv(d))["name"])),
         ("IPv6 bound too", lambda d: _set_arg(_srv(d), "--bind-hosts", "[fd00:ec2::23]")),
         ("bind hosts dropped", lambda d: _srv(d).update(args=[a for a in _srv(d)["args"] if "bind-hosts" not in a])),
     ],
     "ca-bundle": [
         ("bundle not mounted", lambda d: _srv(d).pop("volumeMounts")),
         ("bundle flag dropped", lambda d: _srv(d).update(args=[a for a in _srv(d)["args"] if "ca-bundle" not in a])),
-        ("bundle writable", lambda d: _srv(d)["volumeMounts"][0].update(readOnly=False)),
+        (
+            "bundle writable",
+            lambda d: next(m for m in _srv(d)["volumeMounts"] if m["name"] == "ca-bundle").update(readOnly=False),
+        ),
+        ("binding missing", lambda d: _drop_kind(d, "ClusterRoleBinding")),
     ],
     "monitoring": [
         ("PodMonitor selects nothing", lambda d: kinds(d, "PodMonitor")[0]["spec"]["selector"].update(matchLabels={"app": "x"})),
@@ -967,17 +1331,81 @@ MUTATIONS = {
         ),
         ("rules drifted", lambda d: kinds(d, "PrometheusRule")[0]["spec"]["groups"].pop()),
         ("PodMonitor lost", lambda d: d.remove(kinds(d, "PodMonitor")[0])),
+        ("ServiceAccount missing", lambda d: _drop_kind(d, "ServiceAccount")),
     ],
     "apiserver-jwks": [
-        ("jwks without token", lambda d: pod_spec(_ds(d)).update(automountServiceAccountToken=False)),
-        ("jwks cache on the read-only root", lambda d: _set_arg(_srv(d), "--jwks-cache-path", "/jwks.json")),
-        ("binding to another role", lambda d: kinds(d, "ClusterRoleBinding")[0]["roleRef"].update(name="view")),
-        (
-            "binding to another account",
-            lambda d: kinds(d, "ClusterRoleBinding")[0]["subjects"][0].update(name="default"),
-        ),
+        ("source not pinned", lambda d: _set_arg(_srv(d), "--jwks-source", None)),
+        ("source back to auto", lambda d: _set_arg(_srv(d), "--jwks-source", "auto")),
+        ("source an issuer URL", lambda d: _set_arg(_srv(d), "--jwks-source", "https://oidc.example.com")),
+        ("jwks without token", lambda d: _drop_mount(_srv(d), _token_mount(_srv(d))["name"])),
+        ("binding missing", lambda d: _drop_kind(d, "ClusterRoleBinding")),
+    ],
+    "hybrid+apiserver-jwks": [
+        ("hybrid source not pinned", lambda d: _set_arg(_srv(d, True), "--jwks-source", None)),
+        ("hybrid without the token", lambda d: _drop_mount(_srv(d, True), _token_mount(_srv(d, True))["name"])),
     ],
 }
+
+
+def _chart_ds(values, key):
+    return values["daemonsets"][key]
+
+
+def _chart_drop(items, name):
+    kept = [x for x in items if x["name"] != name]
+    if len(kept) == len(items):
+        raise LookupError(f"no {name}")
+    items[:] = kept
+
+
+CHART_VALUES_MUTATIONS = [
+    ("cloud token not mounted", lambda v: _chart_drop(_chart_ds(v, "cloud")["volumeMounts"], "kube-api-access")),
+    (
+        "hybrid credentials dropped",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid")["volumeMounts"], "aws-credentials"),
+    ),
+    (
+        "Bottlerocket without the token",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid-bottlerocket")["volumes"], "kube-api-access"),
+    ),
+    ("cache flag dropped", lambda v: v["agent"]["additionalArgs"].pop("--jwks-cache-path")),
+    (
+        "cache volume not mounted",
+        lambda v: _chart_drop(_chart_ds(v, "hybrid")["volumeMounts"], "jwks-cache"),
+    ),
+    (
+        "token without ca.crt",
+        lambda v: next(x for x in _chart_ds(v, "cloud")["volumes"] if x["name"] == "kube-api-access")["projected"][
+            "sources"
+        ].pop(1),
+    ),
+    (
+        "a mistyped volume",
+        lambda v: next(x for x in _chart_ds(v, "cloud")["volumes"] if x["name"] == "jwks-cache").update(
+            emptydir={}
+        ),
+    ),
+]
+
+
+def self_test_chart_values(r: Report, values: dict, versions: list[str]) -> None:
+    for what, mutate in CHART_VALUES_MUTATIONS:
+        # Each DaemonSet's lists are fresh copies (the file shares them
+        # through YAML anchors).
+        m = copy.deepcopy(values)
+        for key in CHART_DEFAULTS["daemonsets"]:
+            ds = (m.get("daemonsets") or {}).get(key) or {}
+            for field in ("volumes", "volumeMounts"):
+                if field in ds:
+                    ds[field] = copy.deepcopy(ds[field])
+        try:
+            mutate(m)
+        except (LookupError, KeyError, IndexError, ValueError, TypeError) as e:
+            r.fail(f"self-test [chart values] {what}: mutation does not apply ({e!r}); update CHART_VALUES_MUTATIONS")
+            continue
+        probe = Report()
+        check_chart_values(probe, m, versions)
+        r.check(bool(probe.failures), f"self-test [chart values]: the checks missed the mutation '{what}'")
 
 
 DOCKERFILE_MUTATIONS = [
@@ -1072,6 +1500,9 @@ def main() -> int:
                 validate_schemas(r, "[examples/helm-values]", docs, versions)
                 check_helm_values_example(r, docs)
                 command_lines(renders_argv, "examples/helm-values", docs)
+        chart_values = load_chart_values(r)
+        if chart_values is not None:
+            check_chart_values(r, chart_values, versions)
         if base_dir is not None and "base" in renders:
             r.check(base_dir == renders["base"], "kubectl kustomize daemonset/ must render exactly daemonset/base")
 
@@ -1080,6 +1511,8 @@ def main() -> int:
         Path(out).write_text(json.dumps(renders_argv, indent=1))
     check_dockerfile(r, tools["hadolint"])
     self_test(r, renders)
+    if chart_values is not None:
+        self_test_chart_values(r, chart_values, versions)
     self_test_dockerfile(r, tools["hadolint"])
 
     rendered = ", ".join(f"{k} ({len(v)} objects)" for k, v in renders.items())

@@ -101,11 +101,13 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
             issuer: None,
             scope: CacheScope::Pod,
             memo_size: 20_000,
+            memo_bytes: pod_identity_agent::app::memo_bytes(20_000),
             strict: false,
             node_name: None,
             require_node_claim: false,
         },
         keys,
+        pod_identity_agent::flow::Flows::new(),
         metrics.clone(),
     );
     let cache = CredentialCache::new(
@@ -125,13 +127,15 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
         metrics,
     );
     let empty = live() - before;
+    // Every request from one address; verified tokens are their workload's.
+    let source = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
     let serve = |token: &str| {
         let (gate, cache, clock) = (&gate, &cache, &clock);
         let token = token.to_owned();
         async move {
             let now = clock.now_ms();
             let admitted = gate
-                .admit(token.as_bytes(), (now / 1000) as i64)
+                .lookup_or_admit(token.as_bytes(), (now / 1000) as i64)
                 .await
                 .expect("a valid token");
             let token_ref = || TokenRef {
@@ -139,18 +143,30 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
                 hash: admitted.hash,
                 expires: admitted.validity.expires,
             };
-            cache
-                .get(&admitted.key, admitted.hash, token_ref, now)
+            let got = cache
+                .get(
+                    &admitted.key,
+                    admitted.hash,
+                    token_ref,
+                    admitted.flow.unwrap_or(source),
+                    now,
+                )
                 .await
-                .expect("credentials")
+                .expect("credentials");
+            gate.confirm(&admitted, (now / 1000) as i64);
+            got
         }
     };
     let warm_start = live();
     let now = clock.now_ms();
     for t in tokens {
-        gate.admit(t.as_bytes(), (now / 1000) as i64)
+        // Remembered as it would be once EKS Auth answered (unverified) or
+        // at once (verified).
+        let admitted = gate
+            .lookup_or_admit(t.as_bytes(), (now / 1000) as i64)
             .await
             .expect("admitted");
+        gate.confirm(&admitted, (now / 1000) as i64);
     }
     let memo = (live() - warm_start) as f64 / tokens.len() as f64;
     for t in tokens {
@@ -171,7 +187,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
     for _ in 0..HITS {
         let now = clock.now_ms();
         let admitted = gate
-            .admit(probe.as_bytes(), (now / 1000) as i64)
+            .lookup_or_admit(probe.as_bytes(), (now / 1000) as i64)
             .await
             .unwrap();
         let token_ref = || TokenRef {
@@ -181,7 +197,13 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
         };
         std::hint::black_box(
             cache
-                .get(&admitted.key, admitted.hash, token_ref, now)
+                .get(
+                    &admitted.key,
+                    admitted.hash,
+                    token_ref,
+                    admitted.flow.unwrap_or(source),
+                    now,
+                )
                 .await
                 .unwrap(),
         );

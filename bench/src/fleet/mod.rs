@@ -203,7 +203,7 @@ async fn simulate(config: Config, policy: Policy) -> PolicyResult {
                 stale_served: total(&|m| m.stale_served.get()),
                 backoff_replays: total(&|m| m.calls_avoided.with_label_values(&["backoff"]).get()),
                 rate_halvings: total(&|m| m.eksauth_throttled.get()),
-                queue_rejected: total(&|m| m.eksauth_queue_rejected.get()),
+                queue_rejected: total(&|m| m.queue_rejected()),
             }
         }),
         upstream: (policy == Policy::Upstream).then(|| *upstream_counts.borrow()),

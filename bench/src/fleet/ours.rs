@@ -56,6 +56,7 @@ pub struct OursNode {
     clock: SimClock,
     /// A request was served stale: the maintenance loop starts its 5 s passes.
     stale: Notify,
+    flows: pod_identity_agent::flow::Flows,
 }
 
 impl OursNode {
@@ -66,6 +67,7 @@ impl OursNode {
             metrics,
             clock,
             stale: Notify::new(),
+            flows: pod_identity_agent::flow::Flows::new(),
         }
     }
 
@@ -124,9 +126,17 @@ impl NodeAgent for OursNode {
             hash: token.hash,
             expires: Some(token.exp_s as i64),
         };
+        // Each simulated pod is its own flow (a pod has its own address);
+        // the token's digest stands in for it.
+        let pod = std::net::Ipv6Addr::from(u128::from_le_bytes(
+            token.hash.0[..16]
+                .try_into()
+                .expect("a SHA-256 digest has 16 bytes and more"),
+        ));
+        let flow = self.flows.source(pod.into());
         let got = self
             .cache
-            .get(&key, token.hash, token_ref, self.clock.now_ms())
+            .get(&key, token.hash, token_ref, flow, self.clock.now_ms())
             .await;
         match got {
             Ok((body, outcome)) => {

@@ -111,7 +111,15 @@ impl AgentCounts {
             calls: d(&|t| sum(t, "pod_identity_eksauth_calls_total")),
             avoided: d(&|t| sum(t, "pod_identity_eksauth_calls_avoided_total")),
             rate_decreases: d(&|t| metric(t, "pod_identity_eksauth_rate_decreases_total")),
-            queue_rejected: d(&|t| metric(t, "pod_identity_eksauth_queue_rejected_total")),
+            queue_rejected: d(&|t| {
+                metric(
+                    t,
+                    "pod_identity_eksauth_queue_rejected_total{reason=\"full\"}",
+                ) + metric(
+                    t,
+                    "pod_identity_eksauth_queue_rejected_total{reason=\"pushed_out\"}",
+                )
+            }),
         }
     }
 }
