@@ -15,6 +15,9 @@
 # what CI builds. TARGETARCH only keeps the two architectures' caches apart,
 # so both builds run in parallel (sharing=locked would otherwise serialize
 # them on one shared cache).
+# The check that the arm64 binaries build and run is .ci/arm64 (run by CI):
+# a cross build against this image's glibc (Debian 12, 2.36), the symbol
+# versions they need, and the binaries run under qemu-user.
 
 # Runtime base: distroless publishes rolling tags only. Release pipelines
 # should pin a digest: --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12@sha256:...

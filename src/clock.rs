@@ -56,11 +56,15 @@ impl Clock for SystemClock {
     fn now_ms_at(&self, at: Instant) -> u64 {
         // +1 so that 0 always means "never read".
         let mono = at.saturating_duration_since(anchor()).as_millis() as u64 + 1;
-        let read_at = self.read_at_ms.load(Ordering::Relaxed);
+        // Acquire/Release on read_at: a thread that sees a read_at also sees
+        // the offset stored before it. With Relaxed, a weakly ordered CPU
+        // (aarch64) may pair a fresh read_at with the initial offset 0 and
+        // date a request in 1970; x86 (and qemu on x86) never shows it.
+        let read_at = self.read_at_ms.load(Ordering::Acquire);
         if read_at == 0 || mono.saturating_sub(read_at) >= 1000 {
             let offset = self.now_ms() as i64 - mono as i64;
             self.offset_ms.store(offset, Ordering::Relaxed);
-            self.read_at_ms.store(mono, Ordering::Relaxed);
+            self.read_at_ms.store(mono, Ordering::Release);
             return (mono as i64 + offset).max(0) as u64;
         }
         (mono as i64 + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
