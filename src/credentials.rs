@@ -13,6 +13,10 @@ use aws_smithy_types::date_time::Format;
 use bytes::Bytes;
 use serde::Serialize;
 
+/// Credentials with this little left are neither served nor stored
+/// (upstream's 15 s): an SDK needs time to use them.
+pub const MIN_REMAINING: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A secret string whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

@@ -12,6 +12,7 @@
 //! - [`token`]: JWT parsing with upstream's (golang-jwt's) rules and messages.
 //! - [`gojson`]: JSON syntax and type errors worded as Go's `encoding/json`.
 //! - [`jwks`]: signing keys: sources, the key set, the store.
+//! - [`key`]: who may share a credential, and the token kept to fetch it with.
 //! - [`cache`]: identity-keyed credential cache with coalescing and refresh-ahead.
 //! - [`policy`]: the EKS Auth protection policy: negative answers, backoff, the gate, stale-on-error.
 //! - [`eksauth`]: the EKS Auth client and its error boundary.
@@ -60,6 +61,7 @@ pub mod gojson;
 pub mod https;
 pub mod instance;
 pub mod jwks;
+pub mod key;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

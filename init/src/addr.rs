@@ -10,9 +10,9 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 
+use crate::change::Change;
 use crate::error::{InitError, errno_of};
 use crate::link::Link;
-use crate::outcome::Change;
 
 /// Prefix length that covers exactly one address of `ip`'s family.
 pub(crate) fn host_prefix(ip: IpAddr) -> u8 {

@@ -8,6 +8,7 @@
 //! - `sysctl`: `net.ipv4.tcp_migrate_req=1`, so a rollout hands queued
 //!   connections from the old agent to the new one instead of resetting them.
 //! - [`error`]: [`InitError`], keeping the kernel's errno.
+//! - [`change`]: [`Change`], what one step did.
 //! - [`outcome`]: [`Outcome`], what a run did or skipped.
 //!
 //! [`run`] is the whole contract: idempotent, IPv4 failures are fatal, IPv6
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+pub mod change;
 pub mod error;
 pub mod link;
 pub mod outcome;
@@ -28,9 +30,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracing::{info, warn};
 
+pub use change::Change;
 pub use error::InitError;
 pub use link::{Link, LinkKind};
-pub use outcome::{Change, FamilySetup, Ipv6Setup, Outcome, Setup, SysctlSetup};
+pub use outcome::{FamilySetup, Ipv6Setup, Outcome, Setup, SysctlSetup};
 
 /// The `eks-pod-identity-init` command line (the packaging tests parse the
 /// manifests' init containers with it).

@@ -8,8 +8,8 @@ use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkIfb, LinkUnspec};
 
 use tracing::warn;
 
+use crate::change::Change;
 use crate::error::{InitError, errno_of};
-use crate::outcome::Change;
 
 /// Link types init can create. All three are software devices that need no
 /// peer; `dummy` is upstream's choice, the others exist for kernels built

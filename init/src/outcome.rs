@@ -2,15 +2,9 @@
 
 use std::net::IpAddr;
 
+use crate::change::Change;
 use crate::error::InitError;
 use crate::link::Link;
-
-/// Whether a step changed kernel state or found it already in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Made,
-    Present,
-}
 
 // One value per run, returned once: boxing the big variant would buy nothing
 // and cost callers their patterns.

@@ -10,9 +10,9 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::addr::host_prefix;
+use crate::change::Change;
 use crate::error::{InitError, errno_of};
 use crate::link::{self, Link};
-use crate::outcome::Change;
 
 /// How the main table already routes a host prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

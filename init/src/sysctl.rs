@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
+use crate::change::Change;
 use crate::error::InitError;
-use crate::outcome::Change;
 
 /// A sysctl by its dotted name and its `/proc/sys` file.
 #[derive(Debug, Clone, Copy)]

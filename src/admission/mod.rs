@@ -41,13 +41,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
-use crate::cache::{CacheKey, TokenRef};
 use crate::cli::CacheScope;
 use crate::flow::{Flow, Flows};
-use crate::jwks::{self, KeyLookup, KeyStore};
+use crate::jwks::{KeyLookup, KeyStore};
+use crate::key::{CacheKey, TokenRef};
 use crate::logging::Topic;
 use crate::metrics::Metrics;
-use crate::token::{self, Claims, Identity, Parsed, Subject, TokenError, TokenHash, Validity};
+use crate::token::{
+    self, Claims, Identity, Parsed, Subject, TokenError, TokenHash, Validity, algorithm,
+};
 use memo::Memo;
 
 /// Everything a request needs from its token, computed once per distinct token.
@@ -308,8 +310,8 @@ impl Admission {
 
     async fn verify(&self, keys: &KeyStore, parsed: &Parsed<'_>) -> Result<Identity, Refusal> {
         let header = &parsed.header;
-        let (alg, _) =
-            jwks::algorithm(&header.alg).ok_or_else(|| Refusal::Algorithm(header.alg.clone()))?;
+        let alg = algorithm::accepted_named(&header.alg)
+            .ok_or_else(|| Refusal::Algorithm(header.alg.clone()))?;
         if header.embeds_key {
             return Err(Refusal::EmbeddedKey);
         }

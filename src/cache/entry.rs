@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::MIN_REMAINING;
-use super::key::TokenRef;
+use crate::key::TokenRef;
 use crate::token::TokenHash;
 
 pub(super) struct Entry {

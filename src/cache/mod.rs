@@ -18,11 +18,11 @@
 //!   only bounds the number of entries.
 
 mod entry;
-mod key;
 mod refresh;
 mod store;
 
-pub use key::{CacheKey, TokenRef};
+pub use crate::credentials::MIN_REMAINING;
+pub use crate::key::{CacheKey, TokenRef};
 pub use refresh::Maintenance;
 
 use std::collections::HashMap;
@@ -39,10 +39,6 @@ use crate::metrics::Metrics;
 use crate::policy::{Class, FetchError, Policy};
 use crate::token::TokenHash;
 use entry::{Entry, tag};
-
-/// Credentials with this little left are neither stored nor served from the
-/// cache (upstream's 15 s): an SDK needs time to use them.
-pub const MIN_REMAINING: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {

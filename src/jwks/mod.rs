@@ -14,7 +14,7 @@ pub mod store;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use set::{ALGORITHMS, Key, KeyType, algorithm, parse_jwks};
+pub use set::{Key, parse_jwks};
 pub use source::{KeySource, resolve_source};
 pub use store::{KeyStore, KeyStoreConfig};
 

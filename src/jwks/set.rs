@@ -10,43 +10,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::ParsedPublicKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::JwksError;
-
-/// Key type an algorithm needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
-    Rsa,
-    EcP256,
-    EcP384,
-}
-
-/// The only algorithms a token may use, by JOSE name: asymmetric, and never
-/// `none` or HS*. Shared by key parsing and token verification, so the two
-/// cannot disagree.
-pub const ALGORITHMS: &[(&str, Algorithm, KeyType)] = &[
-    ("RS256", Algorithm::RS256, KeyType::Rsa),
-    ("RS384", Algorithm::RS384, KeyType::Rsa),
-    ("RS512", Algorithm::RS512, KeyType::Rsa),
-    ("PS256", Algorithm::PS256, KeyType::Rsa),
-    ("PS384", Algorithm::PS384, KeyType::Rsa),
-    ("PS512", Algorithm::PS512, KeyType::Rsa),
-    ("ES256", Algorithm::ES256, KeyType::EcP256),
-    ("ES384", Algorithm::ES384, KeyType::EcP384),
-];
-
-/// The allowed algorithm named `name`, with the key type it needs.
-pub fn algorithm(name: &str) -> Option<(Algorithm, KeyType)> {
-    ALGORITHMS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, alg, kt)| (*alg, *kt))
-}
+use crate::token::algorithm::{self, Algorithm, KeyType};
 
 /// One verification key, parsed once for its algorithm (aws-lc-rs), so a
 /// verification is the signature check and nothing else.
@@ -72,22 +42,6 @@ impl Key {
             .decode(signature)
             .is_ok_and(|sig| self.verifier.verify_sig(message, &sig).is_ok())
     }
-}
-
-/// aws-lc-rs's verification algorithm for a JOSE algorithm (the modulus
-/// range is JOSE's: RSA keys of 2,048 bits and more).
-fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
-    Some(match alg {
-        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
-        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-        _ => return None,
-    })
 }
 
 /// DER of PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
@@ -175,7 +129,7 @@ fn key_of(jwk: Jwk) -> Option<Key> {
         return None;
     }
     let declared = match jwk.alg.as_deref() {
-        Some(name) => Some(algorithm(name)?),
+        Some(name) => Some(algorithm::accepted_named(name)?),
         None => None,
     };
     let key_type = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
@@ -185,7 +139,7 @@ fn key_of(jwk: Jwk) -> Option<Key> {
         _ => return None,
     };
     let alg = match declared {
-        Some((alg, kt)) if kt == key_type => alg,
+        Some(alg) if algorithm::verification(alg).map(|v| v.key) == Some(key_type) => alg,
         Some(_) => return None,
         None => match key_type {
             KeyType::Rsa => Algorithm::RS256,
@@ -211,7 +165,7 @@ fn key_of(jwk: Jwk) -> Option<Key> {
             [&[4u8][..], &da, &db].concat()
         }
     };
-    let verifier = ParsedPublicKey::new(verification_algorithm(alg)?, public).ok()?;
+    let verifier = ParsedPublicKey::new(algorithm::verification(alg)?.check, public).ok()?;
     let material = format!("{key_type:?}|{alg:?}|{a}|{b}");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
     let mut fingerprint = [0u8; 32];
@@ -238,13 +192,5 @@ mod tests {
             {"kty":"EC","kid":"ec","crv":"P-256","alg":"ES384","x":"AQAB","y":"AQAB"}
         ]}"#;
         assert!(matches!(parse_jwks(doc), Err(JwksError::NoUsableKeys)));
-    }
-
-    #[test]
-    fn one_table_for_keys_and_tokens() {
-        for name in ["none", "HS256", "HS384", "HS512", "EdDSA", "rs256", ""] {
-            assert!(algorithm(name).is_none(), "{name}");
-        }
-        assert_eq!(algorithm("PS384"), Some((Algorithm::PS384, KeyType::Rsa)));
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::FetchError;
-use crate::cache::CacheKey;
+use crate::key::CacheKey;
 
 /// An exponential schedule: `first`, doubling to `longest`, scaled by a
 /// factor drawn from `spread`.

@@ -40,9 +40,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::cache::{CacheKey, MIN_REMAINING, TokenRef};
 use crate::clock::SharedClock;
+use crate::credentials::MIN_REMAINING;
 use crate::eksauth::{EksAuthError, Upstream};
+use crate::key::{CacheKey, TokenRef};
 use crate::logging::Topic;
 use crate::metrics::Metrics;
 use crate::token::{Subject, TokenHash};

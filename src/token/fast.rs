@@ -23,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::{Audience, Claims, GO_JWT_METHODS, Header, KubernetesClaims, Parsed, go_field_matches};
+use super::{Audience, Claims, Header, KubernetesClaims, Parsed, algorithm, go_field_matches};
 
 pub(super) fn parse(token: &[u8]) -> Option<Parsed<'_>> {
     let text = std::str::from_utf8(token).ok()?;
@@ -35,7 +35,7 @@ pub(super) fn parse(token: &[u8]) -> Option<Parsed<'_>> {
     };
     let header_json = URL_SAFE_NO_PAD.decode(h).ok().filter(|j| shallow(j))?;
     let header: FastHeader = serde_json::from_slice(&header_json).ok()?;
-    if !GO_JWT_METHODS.contains(&header.alg.as_str()) {
+    if algorithm::method(&header.alg).is_none() {
         return None;
     }
     let claims_json = URL_SAFE_NO_PAD.decode(c).ok().filter(|j| shallow(j))?;

@@ -4,8 +4,8 @@
 //! the fast path declines.
 
 use super::{
-    Audience, Claims, GO_JWT_METHODS, Header, KubernetesClaims, ParseError, Parsed, Segment,
-    TokenError, go_field_matches,
+    Audience, Claims, Header, KubernetesClaims, ParseError, Parsed, Segment, TokenError, algorithm,
+    go_field_matches,
 };
 use crate::gojson::{self, Value, go_quote};
 
@@ -43,7 +43,7 @@ pub(super) fn parse(token: &[u8]) -> Result<Parsed<'_>, TokenError> {
         Some(Value::String(alg)) => alg.clone(),
         _ => return Err(ParseError::AlgUnspecified.into()),
     };
-    if !GO_JWT_METHODS.contains(&alg.as_str()) {
+    if algorithm::method(&alg).is_none() {
         return Err(ParseError::AlgUnavailable.into());
     }
     // Past base64 the first two segments are ASCII; only the signature

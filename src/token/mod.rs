@@ -29,6 +29,7 @@
 //! caching: claims become an [`Identity`] only after the signature is
 //! verified (`verify`).
 
+pub mod algorithm;
 mod fast;
 mod go;
 
@@ -136,12 +137,6 @@ pub(crate) fn go_field_matches(key: &str, field: &str) -> bool {
         }
     }
 }
-
-/// The signing methods golang-jwt v5 registers (case-sensitive).
-pub(crate) const GO_JWT_METHODS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
-    "PS384", "PS512", "EdDSA", "none",
-];
 
 #[derive(Debug, Clone)]
 pub struct Header {

@@ -1,4 +1,6 @@
-//! Cache keys: who may share a cached credential.
+//! Keys: who may share a credential ([`CacheKey`]), and the token kept
+//! to fetch and renew it with ([`TokenRef`]). Below the cache and the
+//! policy, which both key their state by them.
 //!
 //! Invariant: a key derives from a *verified* identity or from the exact
 //! token ([`CacheKey::for_request`] is the only constructor used on the
