@@ -80,12 +80,6 @@ pub fn system() -> SharedClock {
 pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
-    /// Starts at the current wall-clock time, so tokens minted by the real
-    /// issuer are valid at the start.
-    pub fn starting_now() -> Arc<Self> {
-        Arc::new(Self(AtomicU64::new(SystemClock::default().now_ms())))
-    }
-
     /// Starts at `ms` since the epoch.
     pub fn at_ms(ms: u64) -> Arc<Self> {
         Arc::new(Self(AtomicU64::new(ms)))

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 use pod_identity_agent::app;
-use pod_identity_agent::cli::{Cli, Command, EXIT_USAGE, ProbeArgs};
+use pod_identity_agent::cli::{
+    Cli, Command, EXIT_USAGE, InitializeArgs, LogArgs, ProbeArgs, ServerArgs,
+};
 use pod_identity_agent::{logging, probe_socket};
 use tracing::error;
 
@@ -23,70 +25,70 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Command::Version = cli.command {
-        // Upstream's wording, for scripts that read it.
-        println!(
-            "EKS Pod Identity Agent version {}",
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Version => {
+            // Upstream's wording, for scripts that read it.
+            println!(
+                "EKS Pod Identity Agent version {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::SUCCESS
+        }
+        // Run by the kubelet every period: no logging, no runtime.
+        Command::Probe(args) => probe(&args),
+        Command::Server(args) => with_runtime(&cli.log, server(args)),
+        Command::Initialize(args) => with_runtime(&cli.log, initialize(args)),
     }
-    // Run by the kubelet every period: no logging, no runtime.
-    if let Command::Probe(args) = &cli.command {
-        return probe(args);
-    }
-    if let Err(e) = logging::init(&cli.log) {
+}
+
+/// Logging, the open-files limit and a runtime for `job`.
+fn with_runtime(log: &LogArgs, job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    if let Err(e) = logging::init(log) {
         eprintln!("{e}");
         return ExitCode::from(EXIT_USAGE as u8);
     }
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(job),
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(dispatch(cli.command))
+    }
 }
 
-async fn dispatch(command: Command) -> ExitCode {
-    match command {
-        Command::Server(args) => {
-            warn_ignored(&args.ignored);
-            let opts = app::Options::new(args.clone());
-            let assembled = match app::build(opts).await {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
-            let listeners = match app::bind(&args).await {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-            app::run(assembled, listeners, app::shutdown_signal()).await;
+async fn server(args: ServerArgs) -> ExitCode {
+    warn_ignored(&args.ignored);
+    let opts = app::Options::new(args.clone());
+    let assembled = match app::build(opts).await {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let listeners = match app::bind(&args).await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    app::run(assembled, listeners, app::shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+async fn initialize(args: InitializeArgs) -> ExitCode {
+    warn_ignored(&args.ignored);
+    match pod_identity_init::run(&args.init).await {
+        Ok(outcome) => {
+            tracing::info!(
+                changed = outcome.changed(),
+                ipv6_skipped = outcome.ipv6_skipped().is_some(),
+                "initialized"
+            );
             ExitCode::SUCCESS
         }
-        Command::Version => ExitCode::SUCCESS,
-        Command::Probe(args) => probe(&args),
-        Command::Initialize(args) => {
-            warn_ignored(&args.ignored);
-            match pod_identity_init::run(&args.init).await {
-                Ok(outcome) => {
-                    tracing::info!(
-                        changed = outcome.changed(),
-                        ipv6_skipped = outcome.ipv6_skipped().is_some(),
-                        "initialized"
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    error!(error = %e, errno = e.errno().map(|n| n as i32), "init failed");
-                    ExitCode::FAILURE
-                }
-            }
+        Err(e) => {
+            error!(error = %e, errno = e.errno().map(|n| n as i32), "init failed");
+            ExitCode::FAILURE
         }
     }
 }

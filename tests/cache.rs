@@ -464,7 +464,7 @@ async fn cancelled_first_caller_does_not_fail_the_others() {
         metrics.clone(),
     )
     .await;
-    let cache = testkit::cache_over(
+    let cache = testkit::agent::cache_over(
         Arc::new(eksauth),
         pod_identity_agent::clock::system(),
         metrics.clone(),
@@ -660,7 +660,7 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
         release: Notify::new(),
     });
     let metrics = Arc::new(Metrics::new());
-    let cache = testkit::cache_over(
+    let cache = testkit::agent::cache_over(
         upstream.clone(),
         pod_identity_agent::clock::system(),
         metrics.clone(),

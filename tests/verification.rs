@@ -864,7 +864,7 @@ async fn mutated_tokens_are_never_accepted() {
         metrics.clone(),
     ));
     store.initial_load().await.unwrap();
-    let gate = |strict| {
+    let admission = |strict| {
         Admission::new(
             AdmissionConfig {
                 audience: "pods.eks.amazonaws.com".into(),
@@ -882,7 +882,7 @@ async fn mutated_tokens_are_never_accepted() {
             metrics.clone(),
         )
     };
-    let (strict, lenient) = (gate(true), gate(false));
+    let (strict, lenient) = (admission(true), admission(false));
     for t in &valid {
         assert!(
             strict
@@ -1280,7 +1280,7 @@ async fn only_confirmed_tokens_are_remembered() {
         metrics.clone(),
     ));
     store.initial_load().await.unwrap();
-    let gate = |keys: Option<Arc<KeyStore>>| {
+    let admission = |keys: Option<Arc<KeyStore>>| {
         Admission::new(
             AdmissionConfig {
                 audience: "pods.eks.amazonaws.com".into(),
@@ -1299,7 +1299,7 @@ async fn only_confirmed_tokens_are_remembered() {
         )
     };
 
-    let verifying = gate(Some(store));
+    let verifying = admission(Some(store));
     let attacker = Issuer::generate(w.url()).unwrap();
     let mut c = claims(&w);
     for i in 0..50 {
@@ -1326,7 +1326,7 @@ async fn only_confirmed_tokens_are_remembered() {
     );
     assert_eq!(verifying.remembered_size().0, 1, "verified: remembered");
 
-    let keyless = gate(None);
+    let keyless = admission(None);
     let mut admitted = Vec::new();
     for i in 0..50 {
         let t = w.token("default", "app", &format!("unverified-{i}"));

@@ -74,7 +74,7 @@ fn hit(c: &mut Criterion) {
             metrics.clone(),
         )
         .await;
-        let cache = testkit::cache_over(
+        let cache = testkit::agent::cache_over(
             Arc::new(eksauth),
             pod_identity_agent::clock::system(),
             metrics,

@@ -136,7 +136,7 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
         }
     };
     let flows = Flows::new();
-    let gate = Admission::new(
+    let admission = Admission::new(
         AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
             leeway_secs: 0,
@@ -180,7 +180,7 @@ async fn agent(keys_path: Option<&str>) -> SocketAddr {
     );
     let endpoint = Arc::new(CredentialEndpoint::new(
         &["169.254.170.23".into(), "fd00:ec2::23".into()],
-        gate,
+        admission,
         cache,
         // Off: a limit would turn most inputs into the same 429.
         RateLimiter::new(

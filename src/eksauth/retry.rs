@@ -3,9 +3,9 @@
 //! Standard retries stay for transient failures (5xx, timeouts, connection
 //! errors), bounded by the SDK's retry quota. A throttled attempt is never
 //! retried by the SDK: its retry would go out 0–1 s later past the node-wide
-//! [`CallGate`](super::CallGate), into the same empty EKS Auth bucket
+//! [gate](crate::policy::Gate), into the same empty EKS Auth bucket
 //! (measured: about a third of all calls while throttled). The throttling
-//! answer goes back to the cache instead, which halves the gate's rate and
+//! answer goes back to the policy instead, which halves the gate's rate and
 //! opens the identity's backoff window, so every later attempt is paced.
 
 use aws_sdk_eksauth::error::ProvideErrorMetadata;

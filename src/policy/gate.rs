@@ -3,7 +3,7 @@
 //! every call passes, misses and refreshes alike, with
 //! - misses served before refreshes (a refresh renews a credential still
 //!   valid; a miss blocks a pod);
-//! - misses fair-queued by [flow](crate::flow): one FIFO queue per flow,
+//! - misses fair-queued by [flow](crate::flow) ([`super::queue`]): one FIFO queue per flow,
 //!   served round-robin (each call costs one token, so this is deficit
 //!   round-robin with equal quanta), so a flow with a thousand calls
 //!   waiting delays another flow's first call by one turn, not a thousand;
@@ -38,14 +38,14 @@
 //! Time here is tokio's monotonic clock: waiting is real waiting (tests use
 //! tokio's paused time for this module).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::flow::Flow;
+use super::queue::Queue;
+pub use super::queue::{Class, Saturated};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,20 +57,6 @@ pub struct GateConfig {
     pub queue_size: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// A pod is waiting for this call; the flow it is charged to.
-    Miss(Flow),
-    /// Renewal of a credential still being served.
-    Refresh,
-}
-
-/// The queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Saturated {
-    pub queued: usize,
-}
-
 /// Smallest allowed rate after repeated throttling: never stop entirely.
 const MIN_RATE: f64 = 0.5;
 /// Time for the allowed rate to grow back from its floor to the cap.
@@ -78,121 +64,13 @@ const RECOVERY: Duration = Duration::from_secs(10);
 /// Throttling answers closer together than this count as one.
 const DECREASE_EVERY: Duration = Duration::from_secs(1);
 
-/// A queued call: when it was queued, and its caller's wake-up (`Err`:
-/// pushed out).
-type Waiter = (Instant, oneshot::Sender<Result<(), Saturated>>);
-
 struct State {
     tokens: f64,
     last_refill: Instant,
     /// Rate right after the last decrease, and when that was.
     floor: f64,
     decreased_at: Option<Instant>,
-    /// Queued misses per flow; a flow is here only while it has some.
-    misses: HashMap<Flow, VecDeque<Waiter>>,
-    /// Flows with queued misses, in round-robin order.
-    turns: VecDeque<Flow>,
-    refreshes: VecDeque<Waiter>,
-    /// Everything queued (misses and refreshes).
-    queued: usize,
-}
-
-impl State {
-    /// The longest queue (the refreshes count as one flow), and its length.
-    fn longest(&self) -> Option<(Option<Flow>, usize)> {
-        let misses = self
-            .misses
-            .iter()
-            .map(|(flow, q)| (Some(*flow), q.len()))
-            .max_by_key(|(_, n)| *n);
-        let refreshes = (!self.refreshes.is_empty()).then_some((None, self.refreshes.len()));
-        misses.into_iter().chain(refreshes).max_by_key(|(_, n)| *n)
-    }
-
-    fn queue_len(&self, class: Class) -> usize {
-        match class {
-            Class::Miss(flow) => self.misses.get(&flow).map_or(0, VecDeque::len),
-            Class::Refresh => self.refreshes.len(),
-        }
-    }
-
-    /// Drops the newest call of `flow`'s queue (`None`: the refreshes),
-    /// returning its waiter.
-    fn pop_newest(&mut self, flow: Option<Flow>) -> Option<Waiter> {
-        let waiter = match flow {
-            None => self.refreshes.pop_back(),
-            Some(flow) => {
-                let q = self.misses.get_mut(&flow)?;
-                let w = q.pop_back();
-                if q.is_empty() {
-                    self.misses.remove(&flow);
-                    self.turns.retain(|f| *f != flow);
-                }
-                w
-            }
-        };
-        self.queued -= usize::from(waiter.is_some());
-        waiter
-    }
-
-    /// Queues `waiter` under the total bound `limit` (see the module doc):
-    /// `Ok(Some(w))` when `w`, the newest call of the flow holding the
-    /// most, was pushed out to make room; `Err` when this one is refused.
-    fn enqueue(
-        &mut self,
-        class: Class,
-        waiter: Waiter,
-        limit: usize,
-    ) -> Result<Option<Waiter>, Saturated> {
-        let queued = self.queued;
-        let mut pushed = None;
-        // Full; with a limit of 0, nothing ever waits.
-        if queued >= limit {
-            let mine = self.queue_len(class);
-            match self.longest() {
-                Some((flow, longest)) if longest > mine + 1 => pushed = self.pop_newest(flow),
-                _ => return Err(Saturated { queued }),
-            }
-        }
-        self.push(class, waiter);
-        Ok(pushed)
-    }
-
-    fn push(&mut self, class: Class, waiter: Waiter) {
-        match class {
-            Class::Miss(flow) => {
-                let q = self.misses.entry(flow).or_default();
-                if q.is_empty() {
-                    self.turns.push_back(flow);
-                }
-                q.push_back(waiter);
-            }
-            Class::Refresh => self.refreshes.push_back(waiter),
-        }
-        self.queued += 1;
-    }
-
-    /// The next call to release: the flow whose turn it is, else a refresh.
-    fn pop_next(&mut self) -> Option<Waiter> {
-        let waiter = match self.turns.pop_front() {
-            Some(flow) => {
-                let q = self
-                    .misses
-                    .get_mut(&flow)
-                    .expect("a flow takes turns only while it has queued calls");
-                let w = q.pop_front();
-                if q.is_empty() {
-                    self.misses.remove(&flow);
-                } else {
-                    self.turns.push_back(flow);
-                }
-                w
-            }
-            None => self.refreshes.pop_front(),
-        };
-        self.queued -= usize::from(waiter.is_some());
-        waiter
-    }
+    queue: Queue,
 }
 
 pub struct Gate {
@@ -221,10 +99,7 @@ impl Gate {
                 last_refill: now,
                 floor: config.rate,
                 decreased_at: None,
-                misses: HashMap::new(),
-                turns: VecDeque::new(),
-                refreshes: VecDeque::new(),
-                queued: 0,
+                queue: Queue::default(),
             }),
             wake: Arc::new(Notify::new()),
             metrics,
@@ -272,13 +147,16 @@ impl Gate {
             let mut state = self.state.lock().expect("gate lock poisoned");
             let now = Instant::now();
             self.refill(&mut state, now);
-            let queued = state.queued;
+            let queued = state.queue.len();
             if queued == 0 && state.tokens >= 1.0 {
                 state.tokens -= 1.0;
                 return Ok(());
             }
             let (tx, rx) = oneshot::channel();
-            match state.enqueue(class, (now, tx), self.config.queue_size) {
+            match state
+                .queue
+                .enqueue(class, (now, tx), self.config.queue_size)
+            {
                 Ok(None) => {}
                 Ok(Some((_, pushed))) => {
                     let _ = pushed.send(Err(Saturated { queued }));
@@ -304,10 +182,12 @@ impl Gate {
     }
 
     fn publish(&self, state: &State) {
-        self.metrics.eksauth_queue_depth.set(state.queued as i64);
+        self.metrics
+            .eksauth_queue_depth
+            .set(state.queue.len() as i64);
         self.metrics
             .eksauth_queue_flows
-            .set(state.misses.len() as i64);
+            .set(state.queue.flows() as i64);
     }
 
     /// Feedback from one call: a throttling answer lowers the allowed rate.
@@ -343,14 +223,14 @@ async fn dispatch(gate: std::sync::Weak<Gate>, wake: Arc<Notify>) {
             let now = Instant::now();
             g.refill(&mut state, now);
             loop {
-                if state.queued == 0 {
+                if state.queue.len() == 0 {
                     break None;
                 }
                 if state.tokens < 1.0 {
                     let rate = g.rate(&state, now).max(MIN_RATE);
                     break Some(Duration::from_secs_f64((1.0 - state.tokens) / rate));
                 }
-                let (queued_at, tx) = state.pop_next().expect("checked non-empty above");
+                let (queued_at, tx) = state.queue.pop_next().expect("checked non-empty above");
                 // A caller that went away spends no token.
                 if tx.send(Ok(())).is_ok() {
                     state.tokens -= 1.0;
@@ -377,6 +257,7 @@ async fn dispatch(gate: std::sync::Weak<Gate>, wake: Arc<Notify>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::Flow;
 
     fn gate(rate: f64, burst: u32, queue_size: usize) -> Arc<Gate> {
         Gate::new(
@@ -469,91 +350,6 @@ mod tests {
                 .get()
         };
         assert_eq!((rejected("full"), rejected("pushed_out")), (1, 0));
-    }
-
-    fn state() -> State {
-        State {
-            tokens: 0.0,
-            last_refill: Instant::now(),
-            floor: 1.0,
-            decreased_at: None,
-            misses: HashMap::new(),
-            turns: VecDeque::new(),
-            refreshes: VecDeque::new(),
-            queued: 0,
-        }
-    }
-
-    type Wake = Option<oneshot::Receiver<Result<(), Saturated>>>;
-
-    /// Queues `classes` in order under `limit`; returns each one's receiver
-    /// (`None`: refused on arrival) and how many calls were pushed out.
-    fn fill(s: &mut State, classes: &[Class], limit: usize) -> (Vec<Wake>, usize) {
-        let mut rxs = Vec::new();
-        let mut pushed = 0;
-        for class in classes {
-            let (tx, rx) = oneshot::channel();
-            match s.enqueue(*class, (Instant::now(), tx), limit) {
-                Ok(p) => {
-                    pushed += usize::from(p.is_some());
-                    rxs.push(Some(rx));
-                }
-                Err(_) => rxs.push(None),
-            }
-        }
-        (rxs, pushed)
-    }
-
-    /// Which queued calls (by index) are released, in order.
-    fn release_order(s: &mut State, rxs: &mut [Wake]) -> Vec<usize> {
-        let mut order = Vec::new();
-        while let Some((_, tx)) = s.pop_next() {
-            let _ = tx.send(Ok(()));
-            let released = rxs
-                .iter_mut()
-                .position(|rx| rx.as_mut().is_some_and(|rx| rx.try_recv() == Ok(Ok(()))))
-                .expect("a released call has a receiver");
-            rxs[released] = None;
-            order.push(released);
-        }
-        order
-    }
-
-    /// Round-robin across flows: a flow with ten calls waiting delays
-    /// another flow's first call by one turn; refreshes come last.
-    #[test]
-    fn flows_take_turns() {
-        let mut s = state();
-        let mut classes = vec![Class::Miss(flow(1)); 10];
-        classes.extend([Class::Refresh, Class::Miss(flow(2)), Class::Miss(flow(2))]);
-        let (mut rxs, pushed) = fill(&mut s, &classes, 100);
-        assert_eq!(pushed, 0);
-        assert_eq!(
-            release_order(&mut s, &mut rxs),
-            [0, 11, 1, 12, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-        );
-        assert_eq!((s.queued, s.misses.len(), s.turns.len()), (0, 0, 0));
-    }
-
-    /// A flow alone may fill the queue; when another flow's call arrives at
-    /// a full queue, the flow holding the most gives up its newest, until
-    /// the two hold equal shares.
-    #[test]
-    fn a_full_queue_pushes_out_the_flow_holding_the_most() {
-        let mut s = state();
-        let (a, b) = (Class::Miss(flow(1)), Class::Miss(flow(2)));
-        let (mut rxs, pushed) = fill(&mut s, &[a, a, a, a, b, b, b], 4);
-        assert_eq!(pushed, 2, "3 and 2 made room for 4 and 5");
-        assert!(rxs[6].is_none(), "6 found two and two: refused");
-        for i in [2, 3] {
-            assert_eq!(
-                rxs[i].as_mut().unwrap().try_recv().err(),
-                Some(oneshot::error::TryRecvError::Closed),
-                "{i} pushed out"
-            );
-            rxs[i] = None;
-        }
-        assert_eq!(release_order(&mut s, &mut rxs), [0, 4, 1, 5]);
     }
 
     /// Through the gate: the caller of a pushed-out call gets the queue-full

@@ -30,6 +30,7 @@
 pub mod backoff;
 mod error;
 pub mod gate;
+mod queue;
 
 pub use error::FetchError;
 pub use gate::{Class, Gate, GateConfig, Saturated};

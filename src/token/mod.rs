@@ -30,12 +30,18 @@
 //! verified (`verify`).
 
 pub mod algorithm;
+mod claims;
+mod error;
 mod fast;
 mod go;
 
-use std::fmt;
+pub(crate) use claims::go_field_matches;
+pub use claims::{
+    Audience, Claims, Header, Identity, KubernetesClaims, NamedRef, Subject, service_account,
+};
+pub use error::{ClaimFailures, ParseError, Segment, TokenError};
 
-use serde::Deserialize;
+use std::fmt;
 
 /// SHA-256 of the raw token. Byte-equal tokens, and only those, share a hash
 /// (collision resistance is what makes keying by hash as strict as keying by
@@ -63,142 +69,6 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// The workload a *verified* token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Identity {
-    pub namespace: String,
-    pub service_account: String,
-    pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
-    /// `kubernetes.io.node.name`: the node the pod was scheduled to.
-    pub node_name: Option<String>,
-}
-
-/// Who a token says it is, for log lines only: read once at admission from
-/// its (possibly unverified) claims, carried with the request and the
-/// cached credential, never used to decide anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Subject {
-    pub namespace: Option<String>,
-    pub service_account: Option<String>,
-    pub pod: Option<String>,
-}
-
-impl Subject {
-    pub fn of(claims: &Claims) -> Self {
-        let (namespace, service_account) = claims
-            .sub
-            .as_deref()
-            .and_then(service_account)
-            .map(|(ns, sa)| (Some(ns.to_owned()), Some(sa.to_owned())))
-            .unwrap_or_default();
-        let pod = claims
-            .kubernetes
-            .as_ref()
-            .and_then(|k| k.pod.as_ref())
-            .and_then(|p| p.name.clone());
-        Self {
-            namespace,
-            service_account,
-            pod,
-        }
-    }
-}
-
-/// `system:serviceaccount:<namespace>:<name>` split, both parts non-empty
-/// and the name without `:` (the one place this format is read).
-pub fn service_account(sub: &str) -> Option<(&str, &str)> {
-    let (namespace, name) = sub
-        .strip_prefix("system:serviceaccount:")?
-        .split_once(':')?;
-    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some((namespace, name))
-}
-
-/// Whether Go's `encoding/json` matches JSON member `key` to struct field
-/// `field` (an ASCII name): `bytes.EqualFold`, where besides ASCII case
-/// only U+017F (ſ) folds to an ASCII letter of our field names (`s`).
-pub(crate) fn go_field_matches(key: &str, field: &str) -> bool {
-    let mut k = key.chars();
-    let mut f = field.chars();
-    loop {
-        match (k.next(), f.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) => {
-                let a = if a == '\u{17f}' {
-                    's'
-                } else {
-                    a.to_ascii_lowercase()
-                };
-                if a != b.to_ascii_lowercase() {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Header {
-    pub alg: String,
-    pub kid: Option<String>,
-    /// `jwk`, `jku`, `x5u` or `x5c` present: a token asking to be checked
-    /// with a key it names itself. Kubernetes never issues one.
-    pub embeds_key: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub enum Audience {
-    #[default]
-    None,
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Audience {
-    pub fn contains(&self, aud: &str) -> bool {
-        match self {
-            Audience::None => false,
-            Audience::One(a) => a == aud,
-            Audience::Many(v) => v.iter().any(|a| a == aud),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NamedRef {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub uid: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct KubernetesClaims {
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub pod: Option<NamedRef>,
-    #[serde(default)]
-    pub serviceaccount: Option<NamedRef>,
-    #[serde(default)]
-    pub node: Option<NamedRef>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Claims {
-    pub iss: Option<String>,
-    pub sub: Option<String>,
-    pub aud: Audience,
-    pub exp: Option<i64>,
-    pub nbf: Option<i64>,
-    pub iat: Option<i64>,
-    /// `kubernetes.io`, when present and well-formed.
-    pub kubernetes: Option<KubernetesClaims>,
-    /// `kubernetes.io` present but not of the expected shape.
-    pub kubernetes_malformed: bool,
-}
-
 /// A token split into its parts; borrowed from the request header.
 #[derive(Debug)]
 pub struct Parsed<'a> {
@@ -207,102 +77,6 @@ pub struct Parsed<'a> {
     /// `base64(header) "." base64(claims)`: what the signature covers.
     pub signing_input: &'a str,
     pub signature: &'a str,
-}
-
-/// Why a token was refused before reaching EKS Auth. Display strings are the
-/// pod-facing messages, upstream's wording; none contains key material, and
-/// only parse errors quote the token (as upstream does: Go's JSON errors
-/// name the offending character).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("Service account token cannot be empty")]
-    Empty,
-    #[error("Service account token cannot be parsed: {0}")]
-    Parse(#[from] ParseError),
-    #[error("Service account token failed basic claim validations: {}", .0.message())]
-    Claims(ClaimFailures),
-}
-
-impl TokenError {
-    /// The `outcome` label of `pod_identity_token_verifications_total`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TokenError::Empty => "empty",
-            TokenError::Parse(ParseError::AlgUnspecified | ParseError::AlgUnavailable) => {
-                "unverifiable"
-            }
-            TokenError::Parse(_) => "malformed",
-            TokenError::Claims(f) if f.expired => "expired",
-            TokenError::Claims(f) if f.not_yet_valid => "not_yet_valid",
-            TokenError::Claims(_) => "audience",
-        }
-    }
-}
-
-/// The part of the token a parse error is in, as golang-jwt names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Segment {
-    Header,
-    Claim,
-}
-
-impl fmt::Display for Segment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Segment::Header => "header",
-            Segment::Claim => "claim",
-        })
-    }
-}
-
-/// golang-jwt's parse errors, worded as it words them (`Display`, to the
-/// byte: `tests/golang_jwt.rs` checks them against its answers).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("token is malformed: token contains an invalid number of segments")]
-    Segments,
-    #[error(
-        "token is malformed: could not base64 decode {0}: illegal base64 data at input byte {1}"
-    )]
-    Base64(Segment, usize),
-    /// Go's `encoding/json` error, as Go prints it (message only: nothing
-    /// decides on its text).
-    #[error("token is malformed: could not JSON decode {0}: {1}")]
-    Json(Segment, String),
-    #[error("token is malformed: token is not valid UTF-8")]
-    NotUtf8,
-    #[error("token is unverifiable: signing method (alg) is unspecified")]
-    AlgUnspecified,
-    #[error("token is unverifiable: signing method (alg) is unavailable")]
-    AlgUnavailable,
-}
-
-/// The claim checks that failed, reported together as golang-jwt joins
-/// them: `token is expired, token is not valid yet, token has invalid audience`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClaimFailures {
-    pub expired: bool,
-    pub not_yet_valid: bool,
-    pub audience: bool,
-}
-
-impl ClaimFailures {
-    fn any(&self) -> bool {
-        self.expired || self.not_yet_valid || self.audience
-    }
-
-    fn message(&self) -> String {
-        let parts: Vec<&str> = [
-            (self.expired, "token is expired"),
-            (self.not_yet_valid, "token is not valid yet"),
-            (self.audience, "token has invalid audience"),
-        ]
-        .iter()
-        .filter(|(failed, _)| *failed)
-        .map(|(_, m)| *m)
-        .collect();
-        parts.join(", ")
-    }
 }
 
 /// Splits and decodes a JWS compact serialization without checking the

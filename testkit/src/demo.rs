@@ -10,8 +10,8 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::net::TcpListener;
 
+use crate::agent::loopback_server;
 use pod_identity_agent::app::{self, Options, ServerError};
-use pod_identity_agent::cli::loopback_server;
 use pod_identity_agent::instance::Phase;
 
 use crate::cli::DemoArgs;

@@ -94,7 +94,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
     let metrics = Arc::new(Metrics::new());
     let clock = pod_identity_agent::clock::system();
     let before = live();
-    let gate = Admission::new(
+    let admission = Admission::new(
         AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
             leeway_secs: 0,
@@ -110,16 +110,16 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
         pod_identity_agent::flow::Flows::new(),
         metrics.clone(),
     );
-    let cache = testkit::cache_over(Arc::new(Model), clock.clone(), metrics);
+    let cache = testkit::agent::cache_over(Arc::new(Model), clock.clone(), metrics);
     let empty = live() - before;
     // Every request from one address; verified tokens are their workload's.
     let source = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
     let serve = |token: &str| {
-        let (gate, cache, clock) = (&gate, &cache, &clock);
+        let (admission, cache, clock) = (&admission, &cache, &clock);
         let token = token.to_owned();
         async move {
             let now = clock.now_ms();
-            let admitted = gate
+            let admitted = admission
                 .lookup_or_admit(token.as_bytes(), (now / 1000) as i64)
                 .await
                 .expect("a valid token");
@@ -134,7 +134,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
                 )
                 .await
                 .expect("credentials");
-            gate.confirm(&admitted, (now / 1000) as i64);
+            admission.confirm(&admitted, (now / 1000) as i64);
             got
         }
     };
@@ -143,11 +143,11 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
     for t in tokens {
         // Remembered as it would be once EKS Auth answered (unverified) or
         // at once (verified).
-        let admitted = gate
+        let admitted = admission
             .lookup_or_admit(t.as_bytes(), (now / 1000) as i64)
             .await
             .expect("admitted");
-        gate.confirm(&admitted, (now / 1000) as i64);
+        admission.confirm(&admitted, (now / 1000) as i64);
     }
     let memo = (live() - warm_start) as f64 / tokens.len() as f64;
     for t in tokens {
@@ -167,7 +167,7 @@ async fn measure(label: &str, keys: Option<Arc<KeyStore>>, tokens: &[String]) {
     const HITS: u64 = 1000;
     for _ in 0..HITS {
         let now = clock.now_ms();
-        let admitted = gate
+        let admitted = admission
             .lookup_or_admit(probe.as_bytes(), (now / 1000) as i64)
             .await
             .unwrap();

@@ -37,7 +37,7 @@ use testkit::issuer::{Issuer, TokenSpec};
 
 const ISSUER: &str = "https://oidc.bench.example/id/BENCH";
 
-fn gate(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> Admission {
+fn new_admission(keys: Option<Arc<KeyStore>>, memo_size: u64, metrics: Arc<Metrics>) -> Admission {
     Admission::new(
         AdmissionConfig {
             audience: "pods.eks.amazonaws.com".into(),
@@ -94,12 +94,12 @@ fn admission(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("admission");
     {
-        let gate = gate(Some(store.clone()), 1, metrics.clone());
+        let admission = new_admission(Some(store.clone()), 1, metrics.clone());
         let mut i = 0usize;
         group.bench_function("verified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                let admitted = gate
+                let admitted = admission
                     .lookup_or_admit(
                         black_box(distinct[i].as_bytes()),
                         testkit::issuer::now_secs(),
@@ -113,15 +113,17 @@ fn admission(c: &mut Criterion) {
         });
     }
     {
-        let gate = gate(Some(store.clone()), 20_000, metrics.clone());
+        let admission = new_admission(Some(store.clone()), 20_000, metrics.clone());
         let token = &distinct[0];
-        gate.lookup_or_admit(token.as_bytes(), testkit::issuer::now_secs())
+        admission
+            .lookup_or_admit(token.as_bytes(), testkit::issuer::now_secs())
             .now_or_never()
             .expect("ready")
             .expect("admitted");
         group.bench_function("verified_cached", |b| {
             b.iter(|| {
-                gate.lookup_or_admit(black_box(token.as_bytes()), testkit::issuer::now_secs())
+                admission
+                    .lookup_or_admit(black_box(token.as_bytes()), testkit::issuer::now_secs())
                     .now_or_never()
                     .expect("ready")
                     .expect("admitted")
@@ -129,18 +131,19 @@ fn admission(c: &mut Criterion) {
         });
     }
     {
-        let gate = gate(None, 1, metrics.clone());
+        let admission = new_admission(None, 1, metrics.clone());
         let mut i = 0usize;
         group.bench_function("unverified_cold", |b| {
             b.iter(|| {
                 i = (i + 1) % distinct.len();
-                gate.lookup_or_admit(
-                    black_box(distinct[i].as_bytes()),
-                    testkit::issuer::now_secs(),
-                )
-                .now_or_never()
-                .expect("ready")
-                .expect("admitted")
+                admission
+                    .lookup_or_admit(
+                        black_box(distinct[i].as_bytes()),
+                        testkit::issuer::now_secs(),
+                    )
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("admitted")
             })
         });
     }
