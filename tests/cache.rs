@@ -701,3 +701,75 @@ async fn a_panicking_fetch_fails_its_waiters_and_the_next_request_fetches_again(
     assert!(String::from_utf8_lossy(&body).contains("ASIAFRESH"));
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
 }
+
+/// A request whose look-up missed just before a fetch for its key stored
+/// the entry and gave up its slot joins that fetch's result instead of
+/// starting another call (the storm test's odd 51st call). The race is
+/// pinned down by looking up at a time the entry no longer serves while the
+/// cache's clock, read under the in-flight lock, still says it does.
+#[tokio::test]
+async fn a_look_up_that_misses_a_fetch_ending_meanwhile_takes_its_result() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use pod_identity_agent::cache::{CacheKey, Outcome, TokenRef};
+    use pod_identity_agent::credentials::{Credentials, Secret};
+    use pod_identity_agent::eksauth::{BoxFuture, EksAuthError, Issued, Upstream};
+    use pod_identity_agent::metrics::Metrics;
+    use pod_identity_agent::token::TokenHash;
+
+    struct Counts(AtomicU32);
+    impl Upstream for Counts {
+        fn assume<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Issued, EksAuthError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(Issued {
+                    credentials: Credentials {
+                        access_key_id: "ASIAONCE".into(),
+                        secret_access_key: Secret::new("s"),
+                        session_token: Secret::new("t"),
+                        account_id: "123456789012".into(),
+                        expiration: aws_smithy_types::DateTime::from_secs(
+                            testkit::issuer::now_secs() + 3600,
+                        ),
+                    },
+                    association_id: None,
+                    assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
+                    request_id: None,
+                })
+            })
+        }
+        fn cluster_name(&self) -> &str {
+            CLUSTER
+        }
+    }
+
+    let upstream = Arc::new(Counts(AtomicU32::new(0)));
+    let metrics = Arc::new(Metrics::new());
+    let cache = testkit::agent::cache_over(
+        upstream.clone(),
+        pod_identity_agent::clock::system(),
+        metrics.clone(),
+    );
+    let token: Arc<str> = "a.b.c".into();
+    let hash = TokenHash::of(&token);
+    let key = CacheKey::Token(hash);
+    let get = |now_ms: u64| {
+        let token = token.clone();
+        let token_ref = move || TokenRef {
+            raw: token,
+            hash,
+            expires: None,
+            subject: Default::default(),
+        };
+        let flow = pod_identity_agent::flow::Flows::new().source([127, 0, 0, 1].into());
+        cache.get(&key, hash, token_ref, flow, now_ms)
+    };
+    let now = testkit::issuer::now_secs() as u64 * 1000;
+    let (_, outcome) = get(now).await.unwrap();
+    assert_eq!(outcome, Outcome::Miss);
+    let missed_look_up = now + 2 * 3600 * 1000;
+    let (body, outcome) = get(missed_look_up).await.unwrap();
+    assert_eq!(outcome, Outcome::Coalesced);
+    assert!(String::from_utf8_lossy(&body).contains("ASIAONCE"));
+    assert_eq!(upstream.0.load(Ordering::SeqCst), 1);
+}

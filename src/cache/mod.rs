@@ -180,6 +180,16 @@ impl CredentialCache {
             let mut inflight = self.inner.inflight.lock().expect("inflight lock poisoned");
             match inflight.get(&key) {
                 Some(rx) => (rx.clone(), true),
+                // The fetch this request missed may have ended between its
+                // look-up and this lock: a fetch stores its entry before
+                // giving up its slot, so under the lock the entry is there.
+                None if matches!(class, Class::Miss(_))
+                    && let Some(entry) = self.inner.entries.as_ref().and_then(|e| e.get(&key))
+                    && entry.servable(self.inner.clock.now_ms()) =>
+                {
+                    self.inner.metrics.coalesced_waits.inc();
+                    return Ok((entry.body.clone(), Outcome::Coalesced));
+                }
                 None => {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(key, rx.clone());
